@@ -1,0 +1,278 @@
+//! Text generation for GGUF models through llama.cpp.
+//!
+//! Each loaded model owns one llama.cpp context on a dedicated thread. That context holds
+//! several sequences at once, so concurrent requests share every decode step instead of
+//! queueing behind one another. Requests reach the thread through a bounded queue and results
+//! come back as [`GenerateEvent`]s on a channel, so the async runtime never blocks on the model.
+
+mod chat;
+mod scheduler;
+mod utf8;
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock};
+use std::thread;
+
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use tokio::sync::mpsc::UnboundedSender;
+
+pub use chat::ChatMessage;
+
+/// Settings of one loaded model. Defaults suit a small model on a 2-core machine.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// CPU threads for prefill and decode.
+    pub threads: u32,
+    /// Context window of each sequence, in tokens (prompt plus generated tokens).
+    pub context_tokens: u32,
+    /// Sequences decoded together in one batch.
+    pub parallel_sequences: u32,
+    /// Maximum tokens in one decode call; longer prompts are prefilled in chunks of this size.
+    pub batch_tokens: u32,
+    /// Requests that may wait for a free sequence before [`LlamaModelHandle::submit`] returns
+    /// [`EngineError::QueueFull`].
+    pub queue_capacity: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            threads: 2,
+            context_tokens: 2048,
+            parallel_sequences: 4,
+            batch_tokens: 512,
+            queue_capacity: 64,
+        }
+    }
+}
+
+/// Sampling settings of one request. `temperature == 0` selects greedy decoding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    pub temperature: f32,
+    pub top_p: Option<f32>,
+    pub top_k: Option<u32>,
+    pub seed: u32,
+    /// Multiplicative penalty on tokens already present (1.0 disables it).
+    pub repetition_penalty: Option<f32>,
+    /// Additive penalty per occurrence of a token (0.0 disables it).
+    pub frequency_penalty: Option<f32>,
+    /// Additive penalty on any token already present (0.0 disables it).
+    pub presence_penalty: Option<f32>,
+}
+
+/// One generation request: a prompt already rendered with the chat template when one applies.
+#[derive(Debug)]
+pub struct GenerateRequest {
+    pub prompt: String,
+    pub max_tokens: u32,
+    pub sampling: SamplingParams,
+    /// Receives the events of this request. Dropping the receiver cancels the request.
+    pub events: UnboundedSender<GenerateEvent>,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model produced an end-of-generation token.
+    Stop,
+    /// `max_tokens` or the context window was reached.
+    Length,
+}
+
+impl FinishReason {
+    /// Returns the OpenAI-style name (`stop`, `length`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// Progress of one request, in order: `Started`, any number of `Text`, then `Finished` or
+/// `Failed`. `Failed` may also come first, when the prompt is rejected.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenerateEvent {
+    Started {
+        prompt_tokens: u32,
+    },
+    /// Generated text; pieces never split a UTF-8 character.
+    Text(String),
+    Finished {
+        prompt_tokens: u32,
+        completion_tokens: u32,
+        reason: FinishReason,
+    },
+    Failed(EngineError),
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    #[error("failed to load model {path}: {reason}")]
+    Load { path: PathBuf, reason: String },
+    #[error(
+        "the prompt has {prompt_tokens} tokens but the model's context window is {context_tokens} \
+         tokens; shorten the prompt or the conversation"
+    )]
+    PromptTooLong {
+        prompt_tokens: u32,
+        context_tokens: u32,
+    },
+    #[error("the prompt is empty after tokenization")]
+    EmptyPrompt,
+    #[error("the model's request queue is full ({capacity} requests waiting); retry later")]
+    QueueFull { capacity: usize },
+    #[error("the model's worker thread has stopped")]
+    WorkerStopped,
+    #[error("invalid chat template or messages: {0}")]
+    ChatTemplate(String),
+    #[error("llama.cpp decode failed: {0}")]
+    Decode(String),
+}
+
+/// The llama.cpp backend may be initialised only once per process.
+fn backend() -> Result<&'static LlamaBackend, EngineError> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    let backend = BACKEND.get_or_init(|| {
+        let mut backend = LlamaBackend::init().map_err(|err| err.to_string())?;
+        // llama.cpp logs every tensor at load time on stderr; Kiln logs loads itself.
+        backend.void_logs();
+        Ok(backend)
+    });
+    backend.as_ref().map_err(|reason| EngineError::Load {
+        path: PathBuf::new(),
+        reason: format!("llama.cpp backend initialisation failed: {reason}"),
+    })
+}
+
+/// Facts about a loaded model that callers show or check before submitting.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub context_tokens: u32,
+    pub trained_context_tokens: u32,
+    pub parameters: u64,
+    pub size_bytes: u64,
+    pub has_chat_template: bool,
+}
+
+/// A loaded GGUF model and its generation thread. Cloning shares the same model.
+#[derive(Clone)]
+pub struct LlamaModelHandle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    model: Arc<LlamaModel>,
+    template: Option<chat::ChatTemplate>,
+    queue: SyncSender<GenerateRequest>,
+    options: EngineOptions,
+    info: ModelInfo,
+}
+
+impl LlamaModelHandle {
+    /// Loads a GGUF file and starts its generation thread. Blocks for the load time (the file
+    /// is memory-mapped, so this is mostly page-in of the weights).
+    pub fn load(path: &Path, options: EngineOptions) -> Result<Self, EngineError> {
+        let backend = backend()?;
+        let load_error = |reason: String| EngineError::Load {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
+            .map_err(|err| load_error(err.to_string()))?;
+        let model = Arc::new(model);
+
+        let template = match model.meta_val_str("tokenizer.chat_template") {
+            Ok(source) => Some(chat::ChatTemplate::new(&model, source).map_err(load_error)?),
+            Err(_) => None,
+        };
+        let info = ModelInfo {
+            context_tokens: options.context_tokens.min(model.n_ctx_train().max(1)),
+            trained_context_tokens: model.n_ctx_train(),
+            parameters: model.n_params(),
+            size_bytes: model.size(),
+            has_chat_template: template.is_some(),
+        };
+
+        let (queue, requests) = mpsc::sync_channel(options.queue_capacity);
+        let (ready_sender, ready) = mpsc::channel();
+        let thread_model = Arc::clone(&model);
+        let thread_options = EngineOptions {
+            context_tokens: info.context_tokens,
+            ..options.clone()
+        };
+        thread::Builder::new()
+            .name("kiln-llama".into())
+            .spawn(move || {
+                scheduler::run(
+                    backend,
+                    &thread_model,
+                    &thread_options,
+                    requests,
+                    ready_sender,
+                )
+            })
+            .map_err(|err| load_error(format!("failed to start the model thread: {err}")))?;
+        ready
+            .recv()
+            .map_err(|_| load_error("the model thread stopped during start-up".into()))?
+            .map_err(load_error)?;
+
+        Ok(Self {
+            inner: Arc::new(Inner {
+                model,
+                template,
+                queue,
+                options,
+                info,
+            }),
+        })
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.inner.info
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.inner.options
+    }
+
+    /// Renders chat messages with the chat template stored in the GGUF file, ending with the
+    /// assistant's turn so the model answers next.
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, EngineError> {
+        match &self.inner.template {
+            Some(template) => template.render(messages),
+            None => Ok(chat::render_plain(messages)),
+        }
+    }
+
+    /// Counts the tokens of `text` as [`submit`](Self::submit) will see it.
+    pub fn count_tokens(&self, text: &str) -> u32 {
+        tokenize(&self.inner.model, text).len() as u32
+    }
+
+    /// Queues a request. Events arrive on `request.events`; the first is `Started` or `Failed`.
+    pub fn submit(&self, request: GenerateRequest) -> Result<(), EngineError> {
+        self.inner.queue.try_send(request).map_err(|err| match err {
+            TrySendError::Full(_) => EngineError::QueueFull {
+                capacity: self.inner.options.queue_capacity,
+            },
+            TrySendError::Disconnected(_) => EngineError::WorkerStopped,
+        })
+    }
+}
+
+fn tokenize(model: &LlamaModel, text: &str) -> Vec<llama_cpp_2::token::LlamaToken> {
+    // `add_special` adds BOS where the model asks for it. Special tokens written in the text
+    // (such as `<|im_start|>` from a chat template) become tokens, as in llama.cpp's server.
+    model.vocab().tokenize(text.as_bytes(), true, true)
+}
+
+fn context_size(options: &EngineOptions) -> Option<NonZeroU32> {
+    NonZeroU32::new(options.context_tokens * options.parallel_sequences.max(1))
+}

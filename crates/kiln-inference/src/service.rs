@@ -1,0 +1,207 @@
+//! Model resolution, lazy loading and dispatch by task.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use kiln_engine_llama::{EngineOptions, LlamaModelHandle};
+use kiln_models::{EngineKind, Manifest, ModelStore, Task};
+use serde_json::Value;
+use tokio::sync::OnceCell;
+
+use crate::text_generation::{self, TextGenerationInput, TextStream};
+use crate::{catalog, ErrorKind, InferenceError};
+
+/// Settings of the service, taken from the node configuration.
+#[derive(Debug, Clone)]
+pub struct ServiceOptions {
+    /// Alias → installed model id; wins over manifests' aliases and the hosted table.
+    pub aliases: BTreeMap<String, String>,
+    /// Task id (`text-generation`) → installed model id that hosted ids of that task run on.
+    pub default_models: BTreeMap<String, String>,
+    pub llama: EngineOptions,
+    /// Cap on a request's `max_tokens`.
+    pub max_generated_tokens: u32,
+}
+
+/// The result of one model run.
+pub struct RunOutput {
+    /// The installed model that ran, after alias resolution.
+    pub model: String,
+    pub output: Output,
+}
+
+pub enum Output {
+    /// A JSON result, sent with content type `application/json`.
+    Json(Value),
+    /// A text generation streamed as server-sent events.
+    TextStream(TextStream),
+}
+
+#[derive(Clone)]
+enum LoadedModel {
+    TextGeneration(LlamaModelHandle),
+}
+
+type LoadSlot = Arc<OnceCell<LoadedModel>>;
+
+/// Runs models by id. Cheap to share behind an `Arc`.
+pub struct InferenceService {
+    store: ModelStore,
+    options: ServiceOptions,
+    loaded: Mutex<HashMap<String, LoadSlot>>,
+}
+
+impl InferenceService {
+    pub fn new(store: ModelStore, options: ServiceOptions) -> Self {
+        Self {
+            store,
+            options,
+            loaded: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn store(&self) -> &ModelStore {
+        &self.store
+    }
+
+    /// Finds the installed model for an id: an installed id, then a configured alias, then a
+    /// manifest's alias, then a hosted catalog id mapped to an installed model of its task.
+    pub fn resolve(&self, model: &str) -> Result<Manifest, InferenceError> {
+        let store_error = |err: kiln_models::StoreError| InferenceError::internal(err);
+        if let Some(manifest) = self.store.get(model).map_err(store_error)? {
+            return Ok(manifest);
+        }
+        if let Some(target) = self.options.aliases.get(model) {
+            return self.store.get(target).map_err(store_error)?.ok_or_else(|| {
+                InferenceError::new(
+                    ErrorKind::NoSuchModel,
+                    format!(
+                        "No such model {model} or task: the alias points to {target}, which \
+                             is not installed. Install it or fix the [aliases] table of kiln.toml"
+                    ),
+                )
+            });
+        }
+        let installed = self.store.list().map_err(store_error)?;
+        if let Some(manifest) = installed
+            .iter()
+            .find(|manifest| manifest.aliases.iter().any(|alias| alias == model))
+        {
+            return Ok(manifest.clone());
+        }
+        if let Some(task) = catalog::hosted_task(model) {
+            let task_key = serde_json::to_value(task)
+                .ok()
+                .and_then(|value| value.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let chosen = match self.options.default_models.get(&task_key) {
+                Some(id) => installed.into_iter().find(|manifest| &manifest.id == id),
+                None => installed.into_iter().find(|manifest| manifest.task == task),
+            };
+            if let Some(manifest) = chosen {
+                return Ok(manifest);
+            }
+        }
+        Err(InferenceError::no_such_model(model))
+    }
+
+    /// Validates `input` for the model's task, loads the model if needed and runs it.
+    pub async fn run(&self, model: &str, input: Value) -> Result<RunOutput, InferenceError> {
+        let manifest = self.resolve(model)?;
+        let output = match manifest.task {
+            Task::TextGeneration => {
+                let input = TextGenerationInput::parse(input, self.options.max_generated_tokens)?;
+                let LoadedModel::TextGeneration(handle) = self.load(&manifest).await?;
+                let stream = text_generation::start(&handle, &input).await?;
+                if input.stream {
+                    Output::TextStream(stream)
+                } else {
+                    Output::Json(text_generation::complete(stream).await?)
+                }
+            }
+            other => {
+                return Err(InferenceError::new(
+                    ErrorKind::ModelUnavailable,
+                    format!(
+                        "model {} has task {}, which this node cannot run yet",
+                        manifest.id,
+                        other.display_name()
+                    ),
+                ))
+            }
+        };
+        Ok(RunOutput {
+            model: manifest.id,
+            output,
+        })
+    }
+
+    /// Loads a model into memory ahead of its first request.
+    pub async fn preload(&self, model: &str) -> Result<(), InferenceError> {
+        let manifest = self.resolve(model)?;
+        self.load(&manifest).await.map(|_| ())
+    }
+
+    /// The context window of a loaded model, for the catalog; `None` until the model is loaded.
+    pub fn loaded_context_tokens(&self, id: &str) -> Option<u32> {
+        let slot = self.loaded.lock().ok()?.get(id).cloned()?;
+        match slot.get()? {
+            LoadedModel::TextGeneration(handle) => Some(handle.info().context_tokens),
+        }
+    }
+
+    /// Loads a model once: concurrent first requests wait for the same load, and a failed
+    /// load is retried by the next request.
+    async fn load(&self, manifest: &Manifest) -> Result<LoadedModel, InferenceError> {
+        let slot = {
+            let mut loaded = self
+                .loaded
+                .lock()
+                .map_err(|_| InferenceError::internal("the model table lock is poisoned"))?;
+            Arc::clone(loaded.entry(manifest.id.clone()).or_default())
+        };
+        let model = slot
+            .get_or_try_init(|| self.load_from_disk(manifest.clone()))
+            .await?;
+        Ok(model.clone())
+    }
+
+    async fn load_from_disk(&self, manifest: Manifest) -> Result<LoadedModel, InferenceError> {
+        let unavailable = |reason: String| {
+            InferenceError::new(
+                ErrorKind::ModelUnavailable,
+                format!("model {} cannot be loaded: {reason}", manifest.id),
+            )
+        };
+        let Some(file) = manifest.primary_file() else {
+            return Err(unavailable("its manifest lists no model file".into()));
+        };
+        let path = self.store.file_path(&manifest, file);
+        if manifest.engine != EngineKind::Llama {
+            return Err(unavailable(format!(
+                "the {:?} engine is not available on this node",
+                manifest.engine
+            )));
+        }
+
+        let options = self.options.llama.clone();
+        let id = manifest.id.clone();
+        tracing::info!(model = %id, path = %path.display(), "loading model");
+        let started = std::time::Instant::now();
+        let handle = tokio::task::spawn_blocking(move || LlamaModelHandle::load(&path, options))
+            .await
+            .map_err(|err| unavailable(format!("the load task failed: {err}")))?
+            .map_err(|err| {
+                tracing::error!(model = %id, error = %err, "model load failed");
+                unavailable(err.to_string())
+            })?;
+        tracing::info!(
+            model = %id,
+            seconds = started.elapsed().as_secs_f64(),
+            context_tokens = handle.info().context_tokens,
+            parameters = handle.info().parameters,
+            "model loaded"
+        );
+        Ok(LoadedModel::TextGeneration(handle))
+    }
+}

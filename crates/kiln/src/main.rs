@@ -1,0 +1,88 @@
+//! `kiln`: run a node that serves the Workers AI REST API on local models, and manage its
+//! models.
+
+mod logging;
+mod models;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Self-hosted serverless AI: the Workers AI REST API on models that run in this process",
+    long_about = None,
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node: serve the REST API on the installed models.
+    Serve(serve::ServeArgs),
+    /// List, import, pull, verify and remove installed models.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
+}
+
+/// Options that locate the node's configuration and model folder, shared by every subcommand.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NodePaths {
+    /// Node config file (kiln.toml). Default: $KILN_HOME/kiln.toml when it exists.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// Folder of installed models. Default: KILN_MODELS_DIR, else the config's models_dir,
+    /// else $KILN_HOME/models ($KILN_HOME defaults to ~/.local/share/kiln).
+    #[arg(long, value_name = "DIR", global = true)]
+    pub models_dir: Option<PathBuf>,
+}
+
+impl NodePaths {
+    /// Reads the config file (when there is one) and applies the folder flags over it.
+    pub fn load_config(&self) -> anyhow::Result<kiln_config::NodeConfig> {
+        let path = match &self.config {
+            Some(path) => Some(path.clone()),
+            None => kiln_config::kiln_home()
+                .ok()
+                .map(|home| home.join("kiln.toml"))
+                .filter(|path| path.is_file()),
+        };
+        let mut config = match path {
+            Some(path) => kiln_config::NodeConfig::load(&path)?,
+            None => kiln_config::NodeConfig::default(),
+        };
+        if let Some(dir) = &self.models_dir {
+            config.models_dir = Some(dir.clone());
+        }
+        Ok(config)
+    }
+
+    /// The models folder after flags, environment and config file.
+    pub fn models_dir(&self, config: &kiln_config::NodeConfig) -> anyhow::Result<PathBuf> {
+        match &self.models_dir {
+            Some(dir) => Ok(dir.clone()),
+            None => Ok(config.resolved_models_dir()?),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Models(command) => models::run(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

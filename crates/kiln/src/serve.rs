@@ -1,0 +1,147 @@
+//! `kiln serve`: start a node.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use kiln_config::{LogFormat, NodeConfig};
+use kiln_inference::{InferenceService, ServiceOptions};
+use kiln_models::ModelStore;
+
+use crate::NodePaths;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    paths: NodePaths,
+    /// Socket address to listen on. Default: the config's `listen`, else 127.0.0.1:8787.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Folder of node state. Default: KILN_DATA_DIR, else the config's data_dir, else
+    /// $KILN_HOME/data.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Log format: json (one object per line) or pretty. Default: the config's log_format,
+    /// else json.
+    #[arg(long, value_name = "FORMAT", value_parser = parse_log_format)]
+    log_format: Option<LogFormat>,
+}
+
+fn parse_log_format(text: &str) -> Result<LogFormat, String> {
+    match text {
+        "json" => Ok(LogFormat::Json),
+        "pretty" => Ok(LogFormat::Pretty),
+        other => Err(format!("invalid log format {other:?}: use json or pretty")),
+    }
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = args.paths.load_config()?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(format) = args.log_format {
+        config.log_format = format;
+    }
+    crate::logging::init(config.log_format);
+
+    let models_dir = args.paths.models_dir(&config)?;
+    let data_dir = match args.data_dir {
+        Some(dir) => dir,
+        None => config.resolved_data_dir()?,
+    };
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("failed to create the data folder {}", data_dir.display()))?;
+    let store = ModelStore::open(&models_dir)
+        .with_context(|| format!("failed to open the models folder {}", models_dir.display()))?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    runtime.block_on(serve(config, store, models_dir, data_dir))
+}
+
+async fn serve(
+    config: NodeConfig,
+    store: ModelStore,
+    models_dir: PathBuf,
+    data_dir: PathBuf,
+) -> anyhow::Result<()> {
+    let inference = Arc::new(InferenceService::new(store, service_options(&config)));
+    for model in &config.preload {
+        inference
+            .preload(model)
+            .await
+            .with_context(|| format!("failed to preload model {model} (listed in preload)"))?;
+    }
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    tracing::info!(
+        address = %address,
+        models_dir = %models_dir.display(),
+        data_dir = %data_dir.display(),
+        "kiln node listening"
+    );
+    let state = Arc::new(kiln_server::AppState {
+        inference,
+        max_body_bytes: config.limits.max_body_bytes,
+    });
+    kiln_server::serve(listener, state, shutdown_signal())
+        .await
+        .context("the HTTP server failed")?;
+    tracing::info!("kiln node stopped");
+    Ok(())
+}
+
+fn service_options(config: &NodeConfig) -> ServiceOptions {
+    let threads = match config.llama.threads {
+        0 => std::thread::available_parallelism().map_or(2, |cores| cores.get() as u32),
+        threads => threads,
+    };
+    ServiceOptions {
+        aliases: config.aliases.clone(),
+        default_models: config.default_models.clone(),
+        llama: kiln_engine_options(config, threads),
+        max_generated_tokens: config.limits.max_generated_tokens,
+    }
+}
+
+fn kiln_engine_options(config: &NodeConfig, threads: u32) -> kiln_inference::EngineOptions {
+    kiln_inference::EngineOptions {
+        threads,
+        context_tokens: config.llama.context_tokens,
+        parallel_sequences: config.llama.parallel_sequences,
+        batch_tokens: config.llama.batch_tokens,
+        queue_capacity: config.llama.queue_capacity,
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "failed to listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "failed to listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT received, shutting down"),
+        () = terminate => tracing::info!("SIGTERM received, shutting down"),
+    }
+}

@@ -1,0 +1,126 @@
+//! A real `kiln serve` process on a free loopback port, for end-to-end tests.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Id under which the install script stores the bundled chat model.
+pub const CHAT_MODEL: &str = "smollm2-135m-instruct";
+
+/// The models folder that `scripts/test.sh` fills with the bundled models.
+pub fn models_dir() -> PathBuf {
+    let dir = std::env::var_os("KILN_TEST_MODELS_DIR")
+        .map(PathBuf::from)
+        .expect(
+        "KILN_TEST_MODELS_DIR is not set: run the end-to-end tests through scripts/test.sh, which \
+         installs the bundled models and sets it",
+    );
+    assert!(
+        dir.is_dir(),
+        "KILN_TEST_MODELS_DIR={} is not a folder",
+        dir.display()
+    );
+    dir
+}
+
+pub struct Node {
+    child: Child,
+    pub base: String,
+    /// Everything the node wrote to stderr (its log) so far.
+    pub log: Arc<Mutex<String>>,
+    _home: tempfile::TempDir,
+}
+
+impl Node {
+    /// Starts a node with the bundled models and `config` as its kiln.toml.
+    pub fn start(config: &str) -> Node {
+        let home = tempfile::tempdir().expect("temp dir");
+        let config_path = home.path().join("kiln.toml");
+        std::fs::write(&config_path, config).expect("write kiln.toml");
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--models-dir")
+            .arg(models_dir())
+            .arg("--data-dir")
+            .arg(home.path().join("data"))
+            .env("KILN_HOME", home.path())
+            .env_remove("KILN_MODELS_DIR")
+            .env_remove("KILN_DATA_DIR")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the kiln binary");
+
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().expect("log lock");
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+
+        let node = Node {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+            _home: home,
+        };
+        node.wait_ready();
+        node
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let client = reqwest::blocking::Client::new();
+        while Instant::now() < deadline {
+            if let Ok(response) = client.get(format!("{}/healthz", self.base)).send() {
+                if response.status().is_success() {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "kiln serve did not become ready within 60 s; log:\n{}",
+            self.log_text()
+        );
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn client(&self) -> reqwest::blocking::Client {
+        reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(300))
+            .build()
+            .expect("HTTP client")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("bind a free port")
+}

@@ -1,0 +1,269 @@
+//! End-to-end text generation through the real binary and the bundled chat model.
+
+mod common;
+
+use common::{Node, CHAT_MODEL};
+use reqwest::blocking::Response;
+use serde_json::{json, Value};
+
+const HOSTED_CHAT_ID: &str = "@cf/meta/llama-2-7b-chat-int8";
+
+fn run(node: &Node, model: &str, input: &Value) -> Response {
+    node.client()
+        .post(node.url(&format!("/ai/run/{model}")))
+        .json(input)
+        .send()
+        .expect("request reaches the node")
+}
+
+fn json_body(response: Response) -> Value {
+    response.json().expect("JSON body")
+}
+
+/// Splits an SSE body into the `data:` payloads, in order.
+fn sse_payloads(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter(|event| !event.trim().is_empty())
+        .map(|event| {
+            event
+                .strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("event without `data: `: {event:?}"))
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn chat_through_hosted_id_answers() {
+    let node = Node::start("");
+    let response = run(
+        &node,
+        HOSTED_CHAT_ID,
+        &json!({
+            "messages": [
+                {"role": "system", "content": "You are a concise assistant."},
+                {"role": "user", "content": "What is the capital of France?"}
+            ],
+            "max_tokens": 32
+        }),
+    );
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(response.headers()["x-kiln-model"], CHAT_MODEL);
+    assert!(response.headers().contains_key("cf-ai-req-id"));
+    let body = json_body(response);
+    let text = body["response"].as_str().expect("response is a string");
+    assert!(!text.trim().is_empty(), "empty answer: {body}");
+    let usage = &body["usage"];
+    let prompt_tokens = usage["prompt_tokens"].as_u64().expect("prompt_tokens");
+    let completion_tokens = usage["completion_tokens"]
+        .as_u64()
+        .expect("completion_tokens");
+    assert!(prompt_tokens > 10, "{usage}");
+    assert!((1..=32).contains(&completion_tokens), "{usage}");
+    assert_eq!(
+        usage["total_tokens"].as_u64(),
+        Some(prompt_tokens + completion_tokens)
+    );
+}
+
+#[test]
+fn v4_route_wraps_result_in_envelope() {
+    let node = Node::start("");
+    let response = node
+        .client()
+        .post(node.url(&format!("/client/v4/accounts/abc123/ai/run/{CHAT_MODEL}")))
+        .json(&json!({"prompt": "Say hi.", "max_tokens": 8}))
+        .send()
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    let body = json_body(response);
+    assert_eq!(body["success"], true);
+    assert_eq!(body["errors"], json!([]));
+    assert!(body["result"]["response"].is_string(), "{body}");
+}
+
+#[test]
+fn same_seed_gives_same_text() {
+    let node = Node::start("");
+    for temperature in [0.0, 0.9] {
+        let input = json!({
+            "prompt": "Write one sentence about the sea.",
+            "max_tokens": 24,
+            "seed": 42,
+            "temperature": temperature
+        });
+        let first = json_body(run(&node, CHAT_MODEL, &input));
+        let second = json_body(run(&node, CHAT_MODEL, &input));
+        assert!(
+            !first["response"].as_str().unwrap_or("").is_empty(),
+            "{first}"
+        );
+        assert_eq!(
+            first["response"], second["response"],
+            "temperature {temperature}"
+        );
+    }
+}
+
+#[test]
+fn stream_joins_to_unstreamed_text() {
+    let node = Node::start("");
+    let input = json!({
+        "messages": [{"role": "user", "content": "Name three colours."}],
+        "max_tokens": 24,
+        "seed": 7,
+        "temperature": 0.7
+    });
+    let expected = json_body(run(&node, HOSTED_CHAT_ID, &input));
+
+    let mut streamed_input = input.clone();
+    streamed_input["stream"] = json!(true);
+    let response = run(&node, HOSTED_CHAT_ID, &streamed_input);
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let payloads = sse_payloads(&response.text().expect("stream body"));
+
+    assert_eq!(payloads.last().map(String::as_str), Some("[DONE]"));
+    let events: Vec<Value> = payloads[..payloads.len() - 1]
+        .iter()
+        .map(|payload| serde_json::from_str(payload).expect("event is JSON"))
+        .collect();
+    assert!(events.len() > 2, "expected several events, got {events:?}");
+    let joined: String = events
+        .iter()
+        .map(|event| event["response"].as_str().expect("event has response"))
+        .collect();
+    assert_eq!(joined, expected["response"].as_str().expect("text"));
+    let usage = &events.last().expect("usage event")["usage"];
+    assert_eq!(usage, &expected["usage"]);
+}
+
+#[test]
+fn bad_inputs_get_400_naming_field() {
+    let node = Node::start("");
+    let cases = [
+        (json!({"prompt": "hi", "temperature": 9}), "temperature"),
+        (json!({"prompt": "hi", "max_tokens": "many"}), "max_tokens"),
+        (json!({"prompt": "hi", "top_k": 0}), "top_k"),
+        (json!({"prompt": "hi", "seed": -1}), "seed"),
+        (json!({"prompt": ""}), "prompt"),
+        (json!({"messages": "hello"}), "messages"),
+        (
+            json!({"messages": [{"role": "user"}]}),
+            "messages[0].content",
+        ),
+        (json!({"prompt": "a", "messages": []}), "mutually exclusive"),
+    ];
+    for (input, needle) in cases {
+        let response = run(&node, CHAT_MODEL, &input);
+        assert_eq!(response.status(), 400, "{input}");
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let body = json_body(response);
+        assert_eq!(body["internalCode"], 3010, "{input}: {body}");
+        assert_eq!(body["errors"][0]["code"], 3010, "{input}: {body}");
+        let message = body["errors"][0]["message"].as_str().expect("message");
+        assert!(message.contains(needle), "{input}: {message}");
+    }
+}
+
+#[test]
+fn invalid_json_gets_400() {
+    let node = Node::start("");
+    let response = node
+        .client()
+        .post(node.url(&format!("/client/v4/accounts/x/ai/run/{CHAT_MODEL}")))
+        .header("content-type", "application/json")
+        .body("{\"prompt\": ")
+        .send()
+        .expect("request");
+    assert_eq!(response.status(), 400);
+    let body = json_body(response);
+    assert_eq!(body["success"], false);
+    assert_eq!(body["result"], Value::Null);
+    let message = body["errors"][0]["message"].as_str().expect("message");
+    assert!(message.contains("not valid JSON"), "{message}");
+}
+
+#[test]
+fn unknown_model_gets_5007_with_hint() {
+    let node = Node::start("");
+    let response = run(&node, "@cf/nobody/no-such-model", &json!({"prompt": "hi"}));
+    assert_eq!(response.status(), 400);
+    let body = json_body(response);
+    assert_eq!(body["internalCode"], 5007);
+    let message = body["description"].as_str().expect("description");
+    assert!(message.contains("@cf/nobody/no-such-model"), "{message}");
+    assert!(message.contains("kiln models list"), "{message}");
+}
+
+#[test]
+fn oversized_body_gets_413() {
+    let node = Node::start("[limits]\nmax_body_bytes = 2048\n");
+    let input = json!({"prompt": "x".repeat(4096)});
+    let response = run(&node, CHAT_MODEL, &input);
+    assert_eq!(response.status(), 413);
+    let body = json_body(response);
+    assert_eq!(body["internalCode"], 3006);
+}
+
+#[test]
+fn long_prompt_gets_400_with_token_counts() {
+    let node = Node::start("[llama]\ncontext_tokens = 64\n");
+    let input = json!({"prompt": "word ".repeat(200), "raw": true});
+    let response = run(&node, CHAT_MODEL, &input);
+    assert_eq!(response.status(), 400);
+    let body = json_body(response);
+    let message = body["description"].as_str().expect("description");
+    assert!(message.contains("context window is 64 tokens"), "{message}");
+    let prompt_tokens: u32 = message
+        .split("prompt has ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no token count in {message}"));
+    assert!(prompt_tokens >= 200, "{message}");
+}
+
+#[test]
+fn model_search_lists_chat_model() {
+    let node = Node::start("");
+    let client = node.client();
+    let body: Value = client
+        .get(node.url("/client/v4/accounts/x/ai/models/search?task=Text%20Generation"))
+        .send()
+        .expect("request")
+        .json()
+        .expect("JSON");
+    assert_eq!(body["success"], true);
+    let names: Vec<&str> = body["result"]
+        .as_array()
+        .expect("result array")
+        .iter()
+        .filter_map(|entry| entry["name"].as_str())
+        .collect();
+    assert_eq!(names, vec![CHAT_MODEL]);
+    assert_eq!(
+        body["result"][0]["task"]["id"],
+        "c329a1f9-323d-4e91-b2aa-582dd4188d34"
+    );
+
+    let empty: Value = client
+        .get(node.url("/ai/models/search?search=no-such-text"))
+        .send()
+        .expect("request")
+        .json()
+        .expect("JSON");
+    assert_eq!(empty["result"], json!([]));
+
+    let bare: Value = client
+        .get(node.url("/ai/models"))
+        .send()
+        .expect("request")
+        .json()
+        .expect("JSON");
+    assert!(
+        bare.as_array().is_some_and(|models| models.len() >= 1),
+        "{bare}"
+    );
+}

