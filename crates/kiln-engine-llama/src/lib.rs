@@ -71,6 +71,8 @@ pub struct GenerateRequest {
     pub prompt: String,
     pub max_tokens: u32,
     pub sampling: SamplingParams,
+    /// Keep generating past end-of-generation tokens until `max_tokens`, as benchmarks do.
+    pub ignore_eos: bool,
     /// Receives the events of this request. Dropping the receiver cancels the request.
     pub events: UnboundedSender<GenerateEvent>,
 }

@@ -37,6 +37,7 @@ struct Sequence {
     next_token: Option<LlamaToken>,
     generated: u32,
     max_tokens: u32,
+    ignore_eos: bool,
     sampler: LlamaSampler,
     text: Utf8Buffer,
     /// Index of this sequence's logits in the batch just decoded.
@@ -163,6 +164,7 @@ fn start_sequence(
         next_token: None,
         generated: 0,
         max_tokens: request.max_tokens.max(1),
+        ignore_eos: request.ignore_eos,
         sampler: build_sampler(model, &request.sampling),
         text: Utf8Buffer::default(),
         logits_index: None,
@@ -307,7 +309,7 @@ fn advance(
     model: &LlamaModel,
     options: &EngineOptions,
 ) -> Option<FinishReason> {
-    if model.vocab().is_eog(token) {
+    if !sequence.ignore_eos && model.vocab().is_eog(token) {
         return Some(FinishReason::Stop);
     }
     sequence.generated += 1;

@@ -278,6 +278,7 @@ pub async fn start(
             prompt,
             max_tokens: input.max_tokens,
             sampling: input.sampling.clone(),
+            ignore_eos: false,
             events: sender,
         })
         .map_err(engine_error)?;

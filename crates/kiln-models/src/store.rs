@@ -106,11 +106,11 @@ impl ModelStore {
         Ok(manifests)
     }
 
-    /// Returns the model with this id, `None` if there is none, or an error if
-    /// the id is invalid or its manifest is broken.
+    /// Returns the model with this id, or `None` if there is none. An invalid id
+    /// returns `None` too, because no stored model can have one, so callers can
+    /// look up names from requests directly. A broken manifest is an error.
     pub fn get(&self, id: &str) -> Result<Option<Manifest>, StoreError> {
-        validate_id(id)?;
-        if !self.model_dir(id).is_dir() {
+        if validate_id(id).is_err() || !self.model_dir(id).is_dir() {
             return Ok(None);
         }
         self.load_manifest(id).map(Some)
@@ -265,6 +265,7 @@ impl ModelStore {
     /// Re-hashes every file of a model and checks the sizes and SHA-256 hashes
     /// against the manifest. The error names the first file that differs.
     pub fn verify(&self, id: &str) -> Result<(), StoreError> {
+        validate_id(id)?;
         let manifest = self
             .get(id)?
             .ok_or_else(|| StoreError::NotFound { id: id.to_string() })?;

@@ -1,6 +1,7 @@
 //! `kiln`: run a node that serves the Workers AI REST API on local models, and manage its
 //! models.
 
+mod bench;
 mod logging;
 mod models;
 mod serve;
@@ -29,6 +30,15 @@ enum Command {
     /// List, import, pull, verify and remove installed models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Measure model speed.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Prefill and decode tokens/s of a GGUF model, comparable with llama.cpp's llama-bench.
+    Generate(bench::BenchArgs),
 }
 
 /// Options that locate the node's configuration and model folder, shared by every subcommand.
@@ -77,6 +87,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Models(command) => models::run(command),
+        Command::Bench(BenchCommand::Generate(args)) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
