@@ -209,7 +209,12 @@ fn drop_cancelled(context: &mut LlamaContext<'_>, slots: &mut [Option<Sequence>]
             .is_some_and(|sequence| sequence.events.is_closed())
         {
             if let Some(sequence) = slot.take() {
-                tracing::debug!(slot = sequence.slot, "generation cancelled by the caller");
+                tracing::info!(
+                    slot = sequence.slot,
+                    completion_tokens = sequence.generated,
+                    max_tokens = sequence.max_tokens,
+                    "generation cancelled: the caller went away"
+                );
                 free_kv_cache(context, sequence.slot);
             }
         }

@@ -41,13 +41,21 @@ pub struct BenchArgs {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let config = args.paths.load_config()?;
     let store = ModelStore::open(args.paths.models_dir(&config)?)?;
-    let manifest = store
-        .get(&args.model)?
-        .with_context(|| format!("model {} is not installed; see `kiln models list`", args.model))?;
+    let manifest = store.get(&args.model)?.with_context(|| {
+        format!(
+            "model {} is not installed; see `kiln models list`",
+            args.model
+        )
+    })?;
     if manifest.engine != EngineKind::Llama {
-        bail!("model {} is not a GGUF model; kiln bench generate measures GGUF models only", args.model);
+        bail!(
+            "model {} is not a GGUF model; kiln bench generate measures GGUF models only",
+            args.model
+        );
     }
-    let file = manifest.primary_file().context("the manifest lists no model file")?;
+    let file = manifest
+        .primary_file()
+        .context("the manifest lists no model file")?;
     let path = store.file_path(&manifest, file);
 
     let options = EngineOptions {
@@ -87,7 +95,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         println!("| model | threads | test | t/s |");
         println!("| --- | --- | --- | --- |");
-        for (test, rate) in [(format!("pp{}", args.prompt_tokens), pp), (format!("tg{}", args.gen_tokens), tg)] {
+        for (test, rate) in [
+            (format!("pp{}", args.prompt_tokens), pp),
+            (format!("tg{}", args.gen_tokens), tg),
+        ] {
             println!(
                 "| {} | {} | {test} | {:.2} ± {:.2} |",
                 args.model, args.threads, rate.mean, rate.stdev

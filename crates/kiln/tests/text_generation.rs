@@ -267,3 +267,45 @@ fn model_search_lists_chat_model() {
         "{bare}"
     );
 }
+
+#[test]
+fn disconnected_stream_stops_generation() {
+    let node = Node::start("[llama]\nparallel_sequences = 1\ncontext_tokens = 2048\n");
+    let input = json!({"prompt": "Tell a very long story.", "stream": true, "max_tokens": 1500,
+                       "temperature": 0.8, "seed": 3});
+    let mut response = run(&node, CHAT_MODEL, &input);
+    assert_eq!(response.status(), 200);
+    let mut first_bytes = [0u8; 64];
+    let read = std::io::Read::read(&mut response, &mut first_bytes).expect("first stream bytes");
+    assert!(read > 0);
+    drop(response);
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let line = loop {
+        let log = node.log_text();
+        if let Some(line) = log
+            .lines()
+            .find(|line| line.contains("generation cancelled"))
+        {
+            break line.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no cancellation logged:\n{log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let entry: Value = serde_json::from_str(&line).expect("JSON log line");
+    let generated = entry["completion_tokens"]
+        .as_u64()
+        .expect("completion_tokens in log");
+    assert!(generated < 1500, "{line}");
+
+    // The only sequence slot is free again, so a new request completes.
+    let body = json_body(run(
+        &node,
+        CHAT_MODEL,
+        &json!({"prompt": "Hi", "max_tokens": 4}),
+    ));
+    assert!(body["response"].is_string(), "{body}");
+}

@@ -1,5 +1,8 @@
 //! A real `kiln serve` process on a free loopback port, for end-to-end tests.
 
+// Each test binary includes this module and uses only part of it.
+#![allow(dead_code)]
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -37,6 +40,11 @@ pub struct Node {
 impl Node {
     /// Starts a node with the bundled models and `config` as its kiln.toml.
     pub fn start(config: &str) -> Node {
+        Self::start_with_models(&models_dir(), config)
+    }
+
+    /// Starts a node on the models in `models` with `config` as its kiln.toml.
+    pub fn start_with_models(models: &std::path::Path, config: &str) -> Node {
         let home = tempfile::tempdir().expect("temp dir");
         let config_path = home.path().join("kiln.toml");
         std::fs::write(&config_path, config).expect("write kiln.toml");
@@ -46,7 +54,7 @@ impl Node {
             .arg("--config")
             .arg(&config_path)
             .arg("--models-dir")
-            .arg(models_dir())
+            .arg(models)
             .arg("--data-dir")
             .arg(home.path().join("data"))
             .env("KILN_HOME", home.path())
