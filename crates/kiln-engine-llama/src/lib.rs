@@ -1,16 +1,18 @@
 //! Text generation for GGUF models through llama.cpp.
 //!
-//! Each loaded model owns one llama.cpp context on a dedicated thread. That context holds
+//! Each loaded model owns one llama.cpp context on a dedicated thread. That context decodes
 //! several sequences at once, so concurrent requests share every decode step instead of
 //! queueing behind one another. Requests reach the thread through a bounded queue and results
 //! come back as [`GenerateEvent`]s on a channel, so the async runtime never blocks on the model.
 
 mod chat;
 mod scheduler;
+mod stop;
 mod utf8;
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock};
 use std::thread;
@@ -73,14 +75,19 @@ pub struct GenerateRequest {
     pub sampling: SamplingParams,
     /// Keep generating past end-of-generation tokens until `max_tokens`, as benchmarks do.
     pub ignore_eos: bool,
+    /// Strings that end generation; the matched string is not returned.
+    pub stop: Vec<String>,
+    /// A GBNF grammar (llama.cpp's format, root rule `root`) that every generated token must
+    /// follow, for JSON output and forced tool calls.
+    pub grammar: Option<String>,
     /// Receives the events of this request. Dropping the receiver cancels the request.
     pub events: UnboundedSender<GenerateEvent>,
 }
 
-/// Why generation ended.
+/// The reason generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
-    /// The model produced an end-of-generation token.
+    /// The model produced an end-of-generation token or a stop sequence.
     Stop,
     /// `max_tokens` or the context window was reached.
     Length,
@@ -135,9 +142,18 @@ pub enum EngineError {
     ChatTemplate(String),
     #[error("llama.cpp decode failed: {0}")]
     Decode(String),
+    #[error("invalid grammar: {0}")]
+    Grammar(String),
 }
 
-/// The llama.cpp backend may be initialised only once per process.
+/// Converts a JSON Schema into a GBNF grammar whose strings are exactly the JSON documents that
+/// match the schema, using llama.cpp's converter.
+pub fn grammar_from_json_schema(schema: &str) -> Result<String, EngineError> {
+    llama_cpp_2::json_schema_to_grammar(schema)
+        .map_err(|err| EngineError::Grammar(format!("unsupported JSON schema: {err}")))
+}
+
+/// Returns the process-wide llama.cpp backend, which may be initialised only once.
 fn backend() -> Result<&'static LlamaBackend, EngineError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     let backend = BACKEND.get_or_init(|| {
@@ -172,6 +188,8 @@ struct Inner {
     model: Arc<LlamaModel>,
     template: Option<chat::ChatTemplate>,
     queue: SyncSender<GenerateRequest>,
+    /// Cleared when the generation thread exits, including by a panic.
+    alive: Arc<AtomicBool>,
     options: EngineOptions,
     info: ModelInfo,
 }
@@ -208,9 +226,12 @@ impl LlamaModelHandle {
             context_tokens: info.context_tokens,
             ..options.clone()
         };
+        let alive = Arc::new(AtomicBool::new(true));
+        let exit_flag = AliveFlag(Arc::clone(&alive));
         thread::Builder::new()
             .name("kiln-llama".into())
             .spawn(move || {
+                let _exit_flag = exit_flag;
                 scheduler::run(
                     backend,
                     &thread_model,
@@ -230,10 +251,17 @@ impl LlamaModelHandle {
                 model,
                 template,
                 queue,
+                alive,
                 options,
                 info,
             }),
         })
+    }
+
+    /// Returns whether the generation thread still runs. A thread that panicked is gone for
+    /// good, and the model has to be loaded again.
+    pub fn is_alive(&self) -> bool {
+        self.inner.alive.load(Ordering::Acquire)
     }
 
     pub fn info(&self) -> &ModelInfo {
@@ -245,12 +273,25 @@ impl LlamaModelHandle {
     }
 
     /// Renders chat messages with the chat template stored in the GGUF file, ending with the
-    /// assistant's turn so the model answers next.
-    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, EngineError> {
+    /// assistant's turn so the model replies next. `tools` (OpenAI function definitions) is
+    /// passed to templates that render tools; see [`renders_tools`](Self::renders_tools).
+    pub fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&serde_json::Value>,
+    ) -> Result<String, EngineError> {
         match &self.inner.template {
-            Some(template) => template.render(messages),
+            Some(template) => template.render(messages, tools),
             None => Ok(chat::render_plain(messages)),
         }
+    }
+
+    /// Returns whether the model's chat template renders tool definitions and tool calls itself.
+    pub fn renders_tools(&self) -> bool {
+        self.inner
+            .template
+            .as_ref()
+            .is_some_and(|template| template.renders_tools)
     }
 
     /// Counts the tokens of `text` as [`submit`](Self::submit) will see it.
@@ -269,8 +310,20 @@ impl LlamaModelHandle {
     }
 }
 
+/// Clears the flag when dropped, which happens when the thread ends or unwinds.
+struct AliveFlag(Arc<AtomicBool>);
+
+impl Drop for AliveFlag {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+        if thread::panicking() {
+            tracing::error!("the llama.cpp generation thread panicked; the model will be reloaded");
+        }
+    }
+}
+
 fn tokenize(model: &LlamaModel, text: &str) -> Vec<llama_cpp_2::token::LlamaToken> {
-    // `add_special` adds BOS where the model asks for it. Special tokens written in the text
+    // `add_special` adds BOS where the model requests it. Special tokens written in the text
     // (such as `<|im_start|>` from a chat template) become tokens, as in llama.cpp's server.
     model.vocab().tokenize(text.as_bytes(), true, true)
 }

@@ -1,8 +1,8 @@
 //! The generation thread of one model: continuous batching over a fixed set of sequence slots.
 //!
-//! Each loop step admits queued requests into free slots, then builds one llama.cpp batch with
-//! the next token of every decoding sequence plus a chunk of pending prompt tokens, decodes it,
-//! and samples one token for each sequence whose logits were computed. A request therefore joins
+//! Each loop step first admits queued requests into free slots. It then builds one llama.cpp
+//! batch from the next token of every decoding sequence plus a chunk of pending prompt tokens,
+//! decodes it, and samples one token for each sequence whose logits were computed. A request therefore joins
 //! between two decode steps and never waits for another to finish.
 
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
@@ -16,6 +16,7 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::stop::{StopMatcher, StopOutcome};
 use crate::utf8::Utf8Buffer;
 use crate::{
     context_size, tokenize, EngineError, EngineOptions, FinishReason, GenerateEvent,
@@ -40,6 +41,7 @@ struct Sequence {
     ignore_eos: bool,
     sampler: LlamaSampler,
     text: Utf8Buffer,
+    stop: StopMatcher,
     /// Index of this sequence's logits in the batch just decoded.
     logits_index: Option<i32>,
 }
@@ -152,6 +154,13 @@ fn start_sequence(
         return None;
     }
 
+    let sampler = match build_sampler(model, &request.sampling, request.grammar.as_deref()) {
+        Ok(sampler) => sampler,
+        Err(error) => {
+            let _ = request.events.send(GenerateEvent::Failed(error));
+            return None;
+        }
+    };
     let _ = request
         .events
         .send(GenerateEvent::Started { prompt_tokens });
@@ -165,14 +174,24 @@ fn start_sequence(
         generated: 0,
         max_tokens: request.max_tokens.max(1),
         ignore_eos: request.ignore_eos,
-        sampler: build_sampler(model, &request.sampling),
+        sampler,
         text: Utf8Buffer::default(),
+        stop: StopMatcher::new(request.stop),
         logits_index: None,
     })
 }
 
-fn build_sampler(model: &LlamaModel, params: &SamplingParams) -> LlamaSampler {
+fn build_sampler(
+    model: &LlamaModel,
+    params: &SamplingParams,
+    grammar: Option<&str>,
+) -> Result<LlamaSampler, EngineError> {
     let mut chain = Vec::new();
+    if let Some(grammar) = grammar {
+        let sampler = LlamaSampler::grammar(model, grammar, "root")
+            .map_err(|err| EngineError::Grammar(err.to_string()))?;
+        chain.push(sampler);
+    }
     let repeat = params.repetition_penalty.unwrap_or(1.0);
     let frequency = params.frequency_penalty.unwrap_or(0.0);
     let presence = params.presence_penalty.unwrap_or(0.0);
@@ -198,7 +217,7 @@ fn build_sampler(model: &LlamaModel, params: &SamplingParams) -> LlamaSampler {
         chain.push(LlamaSampler::temp(params.temperature));
         chain.push(LlamaSampler::dist(params.seed));
     }
-    LlamaSampler::chain_simple(chain)
+    Ok(LlamaSampler::chain_simple(chain))
 }
 
 /// Frees the slots of requests whose receiver is gone (the client disconnected).
@@ -319,11 +338,17 @@ fn advance(
     }
     sequence.generated += 1;
     let piece = model.vocab().token_to_piece(token, false, None);
-    let text = sequence.text.push(&piece);
+    let (text, stopped) = match sequence.stop.push(&sequence.text.push(&piece)) {
+        StopOutcome::Continue(text) => (text, false),
+        StopOutcome::Stopped(text) => (text, true),
+    };
     if !text.is_empty() && !sequence.send(GenerateEvent::Text(text)) {
         // The receiver is gone; the next step's cancellation check frees the slot.
         sequence.next_token = None;
         return None;
+    }
+    if stopped {
+        return Some(FinishReason::Stop);
     }
     if sequence.generated >= sequence.max_tokens
         || sequence.position as u32 >= options.context_tokens
@@ -335,7 +360,10 @@ fn advance(
 }
 
 fn finish(context: &mut LlamaContext<'_>, mut sequence: Sequence, reason: FinishReason) {
-    let rest = sequence.text.finish();
+    let rest = match sequence.stop.push(&sequence.text.finish()) {
+        StopOutcome::Continue(text) => text + &sequence.stop.finish(),
+        StopOutcome::Stopped(text) => text,
+    };
     if !rest.is_empty() {
         sequence.send(GenerateEvent::Text(rest));
     }

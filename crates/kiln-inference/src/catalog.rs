@@ -61,11 +61,30 @@ const TEXT_GENERATION_IDS: &[&str] = &[
     "@cf/zai-org/glm-4.7-flash",
 ];
 
+/// Hosted ids of the other tasks. They run on the installed model of their task. With the
+/// bundled models that is all-MiniLM-L6-v2 for embeddings (384 dimensions for every bge id,
+/// where bge-base has 768 and bge-large 1024), the zero-shot sentiment classifier, and
+/// open_nsfw for image classification (labels sfw and nsfw, not ImageNet's).
+const OTHER_TASK_IDS: &[(&str, Task)] = &[
+    ("@cf/baai/bge-small-en-v1.5", Task::TextEmbeddings),
+    ("@cf/baai/bge-base-en-v1.5", Task::TextEmbeddings),
+    ("@cf/baai/bge-large-en-v1.5", Task::TextEmbeddings),
+    (
+        "@cf/huggingface/distilbert-sst-2-int8",
+        Task::TextClassification,
+    ),
+    ("@cf/microsoft/resnet-50", Task::ImageClassification),
+];
+
 /// Returns the task of a hosted catalog id, if Kiln maps it to an installed model.
 pub fn hosted_task(model: &str) -> Option<Task> {
-    TEXT_GENERATION_IDS
-        .contains(&model)
-        .then_some(Task::TextGeneration)
+    if TEXT_GENERATION_IDS.contains(&model) {
+        return Some(Task::TextGeneration);
+    }
+    OTHER_TASK_IDS
+        .iter()
+        .find(|(id, _)| *id == model)
+        .map(|(_, task)| *task)
 }
 
 /// Namespace of the stable catalog uuids that Kiln derives from model ids.
@@ -107,5 +126,21 @@ mod tests {
             Some(Task::TextGeneration)
         );
         assert_eq!(hosted_task("@cf/unknown/model"), None);
+    }
+
+    #[test]
+    fn other_task_ids_map_to_their_task() {
+        assert_eq!(
+            hosted_task("@cf/baai/bge-base-en-v1.5"),
+            Some(Task::TextEmbeddings)
+        );
+        assert_eq!(
+            hosted_task("@cf/huggingface/distilbert-sst-2-int8"),
+            Some(Task::TextClassification)
+        );
+        assert_eq!(
+            hosted_task("@cf/microsoft/resnet-50"),
+            Some(Task::ImageClassification)
+        );
     }
 }

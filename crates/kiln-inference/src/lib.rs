@@ -3,14 +3,24 @@
 //! validates the input against the task's schema before any model loads, loads the model once
 //! on first use, and runs it on the engine's own threads.
 
+pub mod batching;
 mod catalog;
+pub mod classification;
+pub mod custom;
+pub mod embeddings;
+mod encoder_service;
+pub mod engines;
 mod error;
 pub mod fields;
+pub mod image_classification;
+pub mod image_preprocess;
 mod service;
 pub mod text_generation;
 
+pub use batching::{BatchOptions, BatchStats};
 pub use catalog::{catalog_entry, hosted_task};
+pub use engines::OnnxEngineOptions;
 pub use error::{ErrorKind, InferenceError};
 pub use kiln_engine_llama::EngineOptions;
 pub use service::{InferenceService, Output, RunOutput, ServiceOptions};
-pub use text_generation::{sse_event, StreamItem, TextStream, SSE_DONE};
+pub use text_generation::{sse_event, StreamItem, TextGenerationInput, TextStream, SSE_DONE};

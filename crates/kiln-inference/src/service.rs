@@ -8,6 +8,9 @@ use kiln_models::{EngineKind, Manifest, ModelStore, Task};
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
+use crate::batching::{BatchOptions, BatchStats};
+use crate::encoder_service::EncoderService;
+use crate::engines::OnnxEngineOptions;
 use crate::text_generation::{self, TextGenerationInput, TextStream};
 use crate::{catalog, ErrorKind, InferenceError};
 
@@ -21,6 +24,10 @@ pub struct ServiceOptions {
     pub llama: EngineOptions,
     /// Cap on a request's `max_tokens`.
     pub max_generated_tokens: u32,
+    /// ONNX Runtime settings, for ONNX models of every task.
+    pub onnx: OnnxEngineOptions,
+    /// Batch and queue limits of every embeddings, classification and custom model.
+    pub batching: BatchOptions,
 }
 
 /// The result of one model run.
@@ -42,6 +49,15 @@ enum LoadedModel {
     TextGeneration(LlamaModelHandle),
 }
 
+impl LoadedModel {
+    /// Returns whether the model's worker thread still runs.
+    fn is_alive(&self) -> bool {
+        match self {
+            LoadedModel::TextGeneration(handle) => handle.is_alive(),
+        }
+    }
+}
+
 type LoadSlot = Arc<OnceCell<LoadedModel>>;
 
 /// Runs models by id. Cheap to share behind an `Arc`.
@@ -49,14 +65,22 @@ pub struct InferenceService {
     store: ModelStore,
     options: ServiceOptions,
     loaded: Mutex<HashMap<String, LoadSlot>>,
+    /// Models of every task except text generation.
+    encoders: EncoderService,
 }
 
 impl InferenceService {
     pub fn new(store: ModelStore, options: ServiceOptions) -> Self {
+        let encoders = EncoderService::new(
+            store.clone(),
+            options.onnx.clone(),
+            options.batching.clone(),
+        );
         Self {
             store,
             options,
             loaded: Mutex::new(HashMap::new()),
+            encoders,
         }
     }
 
@@ -111,24 +135,19 @@ impl InferenceService {
         let output = match manifest.task {
             Task::TextGeneration => {
                 let input = TextGenerationInput::parse(input, self.options.max_generated_tokens)?;
-                let LoadedModel::TextGeneration(handle) = self.load(&manifest).await?;
-                let stream = text_generation::start(&handle, &input).await?;
+                let stream = self.start_generation(&manifest, &input).await?;
                 if input.stream {
                     Output::TextStream(stream)
                 } else {
-                    Output::Json(text_generation::complete(stream).await?)
+                    let completion = text_generation::collect(stream).await?;
+                    let json_mode = input.response_format.is_some();
+                    Output::Json(text_generation::native_result(&completion, json_mode)?)
                 }
             }
-            other => {
-                return Err(InferenceError::new(
-                    ErrorKind::ModelUnavailable,
-                    format!(
-                        "model {} has task {}, which this node cannot run yet",
-                        manifest.id,
-                        other.display_name()
-                    ),
-                ))
-            }
+            Task::TextEmbeddings
+            | Task::TextClassification
+            | Task::ImageClassification
+            | Task::Custom => Output::Json(self.encoders.run(&manifest, input).await?),
         };
         Ok(RunOutput {
             model: manifest.id,
@@ -136,10 +155,57 @@ impl InferenceService {
         })
     }
 
+    /// Starts a text generation from an input that the caller built and validated (the
+    /// OpenAI-compatible endpoints do). Returns the id of the model that runs it.
+    pub async fn generate(
+        &self,
+        model: &str,
+        input: &TextGenerationInput,
+    ) -> Result<(String, TextStream), InferenceError> {
+        let manifest = self.resolve(model)?;
+        if manifest.task != Task::TextGeneration {
+            return Err(InferenceError::invalid_input(format!(
+                "model {} is a {} model, not a text-generation model",
+                manifest.id,
+                manifest.task.display_name()
+            )));
+        }
+        if input.max_tokens > self.options.max_generated_tokens {
+            return Err(InferenceError::invalid_input(format!(
+                "`max_tokens` must be at most {}, got {}",
+                self.options.max_generated_tokens, input.max_tokens
+            )));
+        }
+        let stream = self.start_generation(&manifest, input).await?;
+        Ok((manifest.id, stream))
+    }
+
+    async fn start_generation(
+        &self,
+        manifest: &Manifest,
+        input: &TextGenerationInput,
+    ) -> Result<TextStream, InferenceError> {
+        let LoadedModel::TextGeneration(handle) = self.load(manifest).await?;
+        text_generation::start(&handle, input).await
+    }
+
+    /// The node's cap on `max_tokens`.
+    pub fn max_generated_tokens(&self) -> u32 {
+        self.options.max_generated_tokens
+    }
+
     /// Loads a model into memory ahead of its first request.
     pub async fn preload(&self, model: &str) -> Result<(), InferenceError> {
         let manifest = self.resolve(model)?;
+        if manifest.task != Task::TextGeneration {
+            return self.encoders.preload(&manifest).await;
+        }
         self.load(&manifest).await.map(|_| ())
+    }
+
+    /// Batch counters of every loaded embeddings, classification and custom model, by id.
+    pub fn batch_stats(&self) -> Vec<(String, Arc<BatchStats>)> {
+        self.encoders.batch_stats()
     }
 
     /// The context window of a loaded model, for the catalog; `None` until the model is loaded.
@@ -158,7 +224,12 @@ impl InferenceService {
                 .loaded
                 .lock()
                 .map_err(|_| InferenceError::internal("the model table lock is poisoned"))?;
-            Arc::clone(loaded.entry(manifest.id.clone()).or_default())
+            let entry = loaded.entry(manifest.id.clone()).or_default();
+            if entry.get().is_some_and(|model| !model.is_alive()) {
+                tracing::warn!(model = %manifest.id, "the model's worker stopped; loading it again");
+                *entry = LoadSlot::default();
+            }
+            Arc::clone(entry)
         };
         let model = slot
             .get_or_try_init(|| self.load_from_disk(manifest.clone()))

@@ -57,8 +57,23 @@ impl axum::response::IntoResponse for ApiError {
                 "errors": errors,
             }),
         };
-        json_response(status, body)
+        with_retry_after(json_response(status, body))
     }
+}
+
+/// Seconds a client should wait after a 429 before retrying. Queues drain in about the time
+/// of one short generation, so one second is a reasonable first retry.
+const RETRY_AFTER_SECONDS: &str = "1";
+
+/// Adds `Retry-After` to 429 responses.
+pub fn with_retry_after(mut response: Response) -> Response {
+    if response.status() == StatusCode::TOO_MANY_REQUESTS {
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static(RETRY_AFTER_SECONDS),
+        );
+    }
+    response
 }
 
 pub async fn no_route(uri: axum::http::Uri) -> Response {

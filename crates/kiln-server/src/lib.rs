@@ -3,11 +3,21 @@
 //! - `POST /ai/run/{model}`: the bare model result (the shape the `env.AI` binding returns);
 //! - `POST /client/v4/accounts/{account_id}/ai/run/{model}`: the result in the v4 envelope;
 //! - `GET /ai/models`, `GET /ai/models/search` and the v4 search route: the installed catalog;
+//! - `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/models`: the
+//!   OpenAI-compatible API, also under `/client/v4/accounts/{account_id}/ai/v1/`;
+//! - `GET /metrics`: batch counters of the embeddings, classification and custom models, in
+//!   Prometheus text format;
 //! - `GET /healthz`: liveness.
+//!
+//! [`worker_router`] serves a JavaScript worker on every path instead, as `kiln dev` does.
 
 mod catalog;
 mod errors;
+mod metrics;
+mod openai;
 mod run;
+mod sse;
+mod worker;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,11 +32,16 @@ use kiln_inference::InferenceService;
 use tower_http::catch_panic::CatchPanicLayer;
 
 pub use errors::ApiError;
+pub use worker::{serve_worker, worker_router, InferenceAi, WorkerSlot, WorkerState};
 
 /// Response header naming the installed model that really ran, after alias resolution.
 pub const MODEL_HEADER: &str = "x-kiln-model";
 /// Response header with the request id, as the hosted API names it.
 pub const REQUEST_ID_HEADER: &str = "cf-ai-req-id";
+
+/// The id that [`log_request`] gives a request, in the request's extensions.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
 
 /// Shared state of every handler.
 pub struct AppState {
@@ -49,6 +64,27 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/client/v4/accounts/{account_id}/ai/models/search",
             get(catalog::search_enveloped),
         )
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/models", get(openai::list_models))
+        .route(
+            "/client/v4/accounts/{account_id}/ai/v1/chat/completions",
+            post(openai::chat_completions),
+        )
+        .route(
+            "/client/v4/accounts/{account_id}/ai/v1/completions",
+            post(openai::completions),
+        )
+        .route(
+            "/client/v4/accounts/{account_id}/ai/v1/embeddings",
+            post(openai::embeddings),
+        )
+        .route(
+            "/client/v4/accounts/{account_id}/ai/v1/models",
+            get(openai::list_models),
+        )
+        .route("/metrics", get(metrics::prometheus))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(errors::no_route)
         .layer(middleware::from_fn(log_request))
@@ -58,9 +94,12 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// Logs one line per request and tags the response with a request id. The query string is
 /// left out of the log, since it may carry user data.
-async fn log_request(request: Request, next: Next) -> Response {
+async fn log_request(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let request_id = uuid::Uuid::new_v4().to_string();
+    request
+        .extensions_mut()
+        .insert(RequestId(request_id.clone()));
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
 

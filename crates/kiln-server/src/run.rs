@@ -4,48 +4,90 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures::stream;
+use base64::Engine as _;
 use kiln_inference::{
-    sse_event, ErrorKind, InferenceError, Output, RunOutput, StreamItem, TextStream, SSE_DONE,
+    sse_event, ErrorKind, InferenceError, Output, RunOutput, StreamItem, TextStream,
 };
 use serde_json::{json, Value};
 
 use crate::errors::{ApiError, Envelope};
+use crate::sse::sse_response;
 use crate::{json_response, AppState, MODEL_HEADER};
 
 pub async fn run_bare(
     State(state): State<Arc<AppState>>,
     Path(model): Path<String>,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
-    run(&state, &model, body, Envelope::Bare).await
+    run(&state, &model, &headers, body, Envelope::Bare).await
 }
 
 pub async fn run_enveloped(
     State(state): State<Arc<AppState>>,
     Path((_account_id, model)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
-    run(&state, &model, body, Envelope::V4).await
+    run(&state, &model, &headers, body, Envelope::V4).await
 }
 
-async fn run(state: &AppState, model: &str, body: Body, envelope: Envelope) -> Response {
-    let input = match read_json(body, state.max_body_bytes).await {
+async fn run(
+    state: &AppState,
+    model: &str,
+    headers: &HeaderMap,
+    body: Body,
+    envelope: Envelope,
+) -> Response {
+    let input = if is_binary(headers) {
+        read_binary(body, state.max_body_bytes).await
+    } else {
+        read_json(body, state.max_body_bytes).await
+    };
+    let input = match input {
         Ok(input) => input,
-        Err(error) => return ApiError::new(error, envelope).into_response(),
+        Err(error) => return error_response(error, envelope),
     };
     match state.inference.run(model, input).await {
         Ok(output) => respond(output, envelope),
-        Err(error) => ApiError::new(error, envelope).into_response(),
+        Err(error) => error_response(error, envelope),
     }
 }
 
-/// Reads the body as a JSON object and drops the `options` object that may sit beside the
-/// inputs (it carries request options such as `rejectIfBusy`, not model input).
-async fn read_json(body: Body, limit: usize) -> Result<Value, InferenceError> {
-    let bytes: Bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+/// An error response; a full queue also gets `Retry-After`, in seconds.
+fn error_response(error: InferenceError, envelope: Envelope) -> Response {
+    let retry = error.kind == ErrorKind::OutOfCapacity;
+    let mut response = ApiError::new(error, envelope).into_response();
+    if retry {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// Whether the body is a raw file (`image/*` or `application/octet-stream`) rather than JSON.
+fn is_binary(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .map(|value| value.trim().to_ascii_lowercase())
+        .is_some_and(|value| {
+            value.starts_with("image/") || value.starts_with("application/octet-stream")
+        })
+}
+
+/// Reads a raw file body as the input `{"image": BASE64}`, which image models accept.
+async fn read_binary(body: Body, limit: usize) -> Result<Value, InferenceError> {
+    let bytes = read_body(body, limit).await?;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&bytes);
+    Ok(json!({ "image": encoded }))
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, InferenceError> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
         InferenceError::new(
             ErrorKind::RequestTooLarge,
             format!(
@@ -53,7 +95,13 @@ async fn read_json(body: Body, limit: usize) -> Result<Value, InferenceError> {
                  (limits.max_body_bytes in kiln.toml)"
             ),
         )
-    })?;
+    })
+}
+
+/// Reads the body as a JSON object and drops the `options` object that may sit beside the
+/// inputs (it carries request options such as `rejectIfBusy`, not model input).
+async fn read_json(body: Body, limit: usize) -> Result<Value, InferenceError> {
+    let bytes = read_body(body, limit).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(InferenceError::invalid_input(
             "the request body is empty; send the model's input as a JSON object",
@@ -86,32 +134,12 @@ fn respond(run: RunOutput, envelope: Envelope) -> Response {
     response
 }
 
-/// Sends a generation as server-sent events, ending with `data: [DONE]`. When the client
-/// disconnects, the body and with it the `TextStream` are dropped, which stops the generation.
+/// Sends a generation as the hosted API's server-sent events, ending with `data: [DONE]`.
 fn event_stream(text: TextStream) -> Response {
-    let events = stream::unfold(Some(text), |state| async move {
-        let mut text = state?;
-        let chunk = match text.next().await {
-            Some(item @ StreamItem::Text(_)) => sse_event(&item),
-            Some(item @ (StreamItem::Usage { .. } | StreamItem::Error(_))) => {
-                if let StreamItem::Error(error) = &item {
-                    tracing::error!(error = %error.message, "generation failed mid-stream");
-                }
-                let chunk = sse_event(&item) + SSE_DONE;
-                return Some((Ok::<_, std::convert::Infallible>(chunk), None));
-            }
-            None => return Some((Ok(SSE_DONE.to_string()), None)),
-        };
-        Some((Ok(chunk), Some(text)))
-    });
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::from_stream(events))
-        .unwrap_or_else(|err| {
-            let error =
-                InferenceError::internal(format!("failed to build the stream response: {err}"));
-            ApiError::new(error, Envelope::V4).into_response()
-        })
+    sse_response(text, String::new(), |item, _| {
+        if let StreamItem::Error(error) = item {
+            tracing::error!(error = %error.message, "generation failed mid-stream");
+        }
+        Some(sse_event(item))
+    })
 }

@@ -139,6 +139,8 @@ fn generate(model: &LlamaModelHandle, prompt: &str, max_tokens: u32) -> anyhow::
             presence_penalty: None,
         },
         ignore_eos: true,
+        stop: Vec::new(),
+        grammar: None,
         events: sender,
     })?;
     while let Some(event) = events.blocking_recv() {

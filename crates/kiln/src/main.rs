@@ -2,6 +2,7 @@
 //! models.
 
 mod bench;
+mod dev;
 mod logging;
 mod models;
 mod serve;
@@ -27,6 +28,8 @@ struct Cli {
 enum Command {
     /// Run a node: serve the REST API on the installed models.
     Serve(serve::ServeArgs),
+    /// Serve the worker in a folder on every path, reloading it when its files change.
+    Dev(dev::DevArgs),
     /// List, import, pull, verify and remove installed models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Dev(args) => dev::run(args),
         Command::Models(command) => models::run(command),
         Command::Bench(BenchCommand::Generate(args)) => bench::run(args),
     };

@@ -28,7 +28,7 @@ pub struct ServeArgs {
     log_format: Option<LogFormat>,
 }
 
-fn parse_log_format(text: &str) -> Result<LogFormat, String> {
+pub(crate) fn parse_log_format(text: &str) -> Result<LogFormat, String> {
     match text {
         "json" => Ok(LogFormat::Json),
         "pretty" => Ok(LogFormat::Pretty),
@@ -98,7 +98,7 @@ async fn serve(
     Ok(())
 }
 
-fn service_options(config: &NodeConfig) -> ServiceOptions {
+pub(crate) fn service_options(config: &NodeConfig) -> ServiceOptions {
     let threads = match config.llama.threads {
         0 => std::thread::available_parallelism().map_or(2, |cores| cores.get() as u32),
         threads => threads,
@@ -108,6 +108,18 @@ fn service_options(config: &NodeConfig) -> ServiceOptions {
         default_models: config.default_models.clone(),
         llama: kiln_engine_options(config, threads),
         max_generated_tokens: config.limits.max_generated_tokens,
+        onnx: kiln_inference::OnnxEngineOptions {
+            // A missing home folder only matters once an ONNX model loads, and the load
+            // error then names the empty path and the fix.
+            onnx_library: config.onnx.resolved_runtime_library().unwrap_or_default(),
+            onnx_threads: config.onnx.threads as usize,
+        },
+        batching: kiln_inference::BatchOptions {
+            max_batch_size: config.batching.max_batch_size,
+            max_batch_tokens: config.batching.max_batch_tokens,
+            max_wait: std::time::Duration::from_millis(config.batching.max_wait_ms),
+            queue_capacity: config.batching.queue_capacity,
+        },
     }
 }
 
@@ -122,7 +134,7 @@ fn kiln_engine_options(config: &NodeConfig, threads: u32) -> kiln_inference::Eng
 }
 
 /// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let interrupt = async {
         if let Err(err) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %err, "failed to listen for SIGINT");

@@ -263,7 +263,7 @@ fn model_search_lists_chat_model() {
         .json()
         .expect("JSON");
     assert!(
-        bare.as_array().is_some_and(|models| models.len() >= 1),
+        bare.as_array().is_some_and(|models| !models.is_empty()),
         "{bare}"
     );
 }
@@ -308,4 +308,74 @@ fn disconnected_stream_stops_generation() {
         &json!({"prompt": "Hi", "max_tokens": 4}),
     ));
     assert!(body["response"].is_string(), "{body}");
+}
+
+#[test]
+fn native_tools_return_tool_calls() {
+    let node = Node::start("");
+    let tools = json!([{
+        "name": "get_weather",
+        "description": "Current temperature in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}},
+                       "required": ["city"]}
+    }]);
+    let input = json!({
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "tools": tools,
+        "tool_choice": "required",
+        "seed": 1
+    });
+    let body = json_body(run(&node, HOSTED_CHAT_ID, &input));
+    let calls = body["tool_calls"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no tool_calls: {body}"));
+    assert_eq!(calls.len(), 1, "{body}");
+    assert_eq!(calls[0]["name"], "get_weather");
+    assert!(calls[0]["arguments"]["city"].is_string(), "{body}");
+
+    let mut streamed = input.clone();
+    streamed["stream"] = json!(true);
+    let text = run(&node, HOSTED_CHAT_ID, &streamed)
+        .text()
+        .expect("stream body");
+    let events: Vec<Value> = sse_payloads(&text)
+        .iter()
+        .filter(|payload| payload.as_str() != "[DONE]")
+        .map(|payload| serde_json::from_str(payload).expect("event is JSON"))
+        .collect();
+    let call_event = events
+        .iter()
+        .find(|event| event.get("tool_calls").is_some())
+        .unwrap_or_else(|| panic!("no tool_calls event in {events:?}"));
+    assert_eq!(call_event["tool_calls"][0]["name"], "get_weather");
+}
+
+#[test]
+fn json_mode_returns_object() {
+    let node = Node::start("");
+    let input = json!({
+        "messages": [{"role": "user", "content": "Describe a dog as JSON."}],
+        "response_format": {"type": "json_schema", "json_schema": {
+            "type": "object",
+            "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer"}},
+            "required": ["name", "age"]
+        }},
+        "max_tokens": 120,
+        "seed": 2
+    });
+    let body = json_body(run(&node, CHAT_MODEL, &input));
+    assert!(body["response"]["name"].is_string(), "{body}");
+    assert!(body["response"]["age"].is_i64(), "{body}");
+
+    let mut streamed = input.clone();
+    streamed["stream"] = json!(true);
+    let response = run(&node, CHAT_MODEL, &streamed);
+    assert_eq!(response.status(), 400);
+    let error = json_body(response);
+    assert!(
+        error["description"]
+            .as_str()
+            .is_some_and(|text| text.contains("streaming")),
+        "{error}"
+    );
 }

@@ -1,14 +1,12 @@
-//! The Text Generation task: input schema, defaults and ranges of the hosted API, and the
-//! response shapes (a JSON object, or server-sent events with `stream: true`).
+//! The native input schema of text generation, with the hosted API's defaults and ranges.
 
-use kiln_engine_llama::{
-    ChatMessage, EngineError, GenerateEvent, GenerateRequest, LlamaModelHandle, SamplingParams,
-};
-use serde_json::{json, Value};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use kiln_engine_llama::{ChatMessage, SamplingParams};
+use serde_json::Value;
 
+use super::tools::{parse_tool_choice, parse_tool_definitions};
+use super::{Prompt, ResponseFormat, TextGenerationInput};
 use crate::fields::{self, type_name, Fields};
-use crate::{ErrorKind, InferenceError};
+use crate::InferenceError;
 
 /// Tokens generated when `max_tokens` is absent.
 pub const DEFAULT_MAX_TOKENS: u32 = 256;
@@ -17,26 +15,7 @@ pub const DEFAULT_TEMPERATURE: f64 = 0.6;
 
 /// Fields that the hosted API accepts but this node cannot honour yet. They are rejected rather
 /// than ignored, because ignoring them would return output the caller did not ask for.
-const UNSUPPORTED_FIELDS: [&str; 4] = ["tools", "functions", "response_format", "lora"];
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Prompt {
-    /// A bare prompt. Unless `raw` is set, it is sent as one user message.
-    Text {
-        text: String,
-        raw: bool,
-    },
-    Messages(Vec<ChatMessage>),
-}
-
-/// A validated text-generation input.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TextGenerationInput {
-    pub prompt: Prompt,
-    pub stream: bool,
-    pub max_tokens: u32,
-    pub sampling: SamplingParams,
-}
+const UNSUPPORTED_FIELDS: [&str; 2] = ["functions", "lora"];
 
 impl TextGenerationInput {
     /// Validates an input object against the hosted schema. `max_generated_tokens` is the node's
@@ -75,12 +54,62 @@ impl TextGenerationInput {
             presence_penalty: fields::optional_number(&fields, "presence_penalty", -2.0, 2.0)?
                 .map(|v| v as f32),
         };
-        Ok(Self {
+        let response_format = fields
+            .get("response_format")
+            .filter(|value| !value.is_null())
+            .map(|value| parse_response_format(value, "response_format"))
+            .transpose()?;
+        if stream && response_format.is_some() {
+            return Err(InferenceError::invalid_input(
+                "JSON mode (`response_format`) does not support streaming; remove `stream` or \
+                 `response_format`",
+            ));
+        }
+        let tools = match fields.get("tools").filter(|value| !value.is_null()) {
+            Some(value) => parse_tool_definitions(value, "tools")?,
+            None => Vec::new(),
+        };
+        let tool_choice = match fields.get("tool_choice").filter(|value| !value.is_null()) {
+            Some(value) => parse_tool_choice(value, &tools, "tool_choice")?,
+            None => Default::default(),
+        };
+        Ok(TextGenerationInput {
             prompt,
             stream,
             max_tokens,
             sampling,
+            stop: Vec::new(),
+            response_format,
+            tools,
+            tool_choice,
         })
+    }
+}
+
+/// Parses `{type: "json_object"}` or `{type: "json_schema", json_schema: ...}`. The schema may
+/// be given directly or, as OpenAI clients send it, under `json_schema.schema`.
+pub fn parse_response_format(value: &Value, field: &str) -> Result<ResponseFormat, InferenceError> {
+    let kind = value.get("type").and_then(Value::as_str);
+    match kind {
+        Some("json_object") => Ok(ResponseFormat::JsonObject),
+        Some("json_schema") => {
+            let Some(schema) = value.get("json_schema").filter(|schema| schema.is_object()) else {
+                return Err(InferenceError::invalid_input(format!(
+                    "`{field}.json_schema` must be a JSON Schema object"
+                )));
+            };
+            let schema = schema
+                .get("schema")
+                .filter(|inner| inner.is_object())
+                .unwrap_or(schema);
+            Ok(ResponseFormat::JsonSchema(schema.clone()))
+        }
+        Some("text") => Err(InferenceError::invalid_input(format!(
+            "`{field}.type` \"text\" is the default; omit `{field}` instead"
+        ))),
+        _ => Err(InferenceError::invalid_input(format!(
+            "`{field}.type` must be \"json_object\" or \"json_schema\""
+        ))),
     }
 }
 
@@ -108,7 +137,7 @@ fn parse_prompt(fields: &Fields, raw: bool) -> Result<Prompt, InferenceError> {
     }
 }
 
-fn parse_messages(value: &Value) -> Result<Vec<ChatMessage>, InferenceError> {
+pub fn parse_messages(value: &Value) -> Result<Vec<ChatMessage>, InferenceError> {
     let Value::Array(items) = value else {
         return Err(InferenceError::invalid_input(format!(
             "`messages` must be an array of {{role, content}} objects, got {}",
@@ -154,6 +183,10 @@ fn parse_message(index: usize, item: &Value) -> Result<ChatMessage, InferenceErr
     let content = match message.get("content") {
         Some(Value::String(content)) => content.clone(),
         Some(Value::Array(parts)) => join_text_parts(parts, &field("content"))?,
+        // An assistant message that only calls tools has no content.
+        Some(Value::Null) if message.get("tool_calls").is_some_and(Value::is_array) => {
+            String::new()
+        }
         Some(other) => {
             return Err(InferenceError::invalid_input(format!(
                 "`{}` must be a string or an array of {{type: \"text\", text}} parts, got {}",
@@ -168,7 +201,35 @@ fn parse_message(index: usize, item: &Value) -> Result<ChatMessage, InferenceErr
             )))
         }
     };
-    Ok(ChatMessage { role, content })
+    let tool_calls = match message.get("tool_calls") {
+        None | Some(Value::Null) => None,
+        Some(calls @ Value::Array(_)) => Some(calls.clone()),
+        Some(other) => {
+            return Err(InferenceError::invalid_input(format!(
+                "`{}` must be an array, got {}",
+                field("tool_calls"),
+                type_name(other)
+            )))
+        }
+    };
+    let text_field = |name: &str| -> Result<Option<String>, InferenceError> {
+        match message.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text.clone())),
+            Some(other) => Err(InferenceError::invalid_input(format!(
+                "`{}` must be a string, got {}",
+                field(name),
+                type_name(other)
+            ))),
+        }
+    };
+    Ok(ChatMessage {
+        role,
+        content,
+        tool_calls,
+        tool_call_id: text_field("tool_call_id")?,
+        name: text_field("name")?,
+    })
 }
 
 fn join_text_parts(parts: &[Value], field: &str) -> Result<String, InferenceError> {
@@ -190,151 +251,10 @@ fn join_text_parts(parts: &[Value], field: &str) -> Result<String, InferenceErro
     Ok(text)
 }
 
-/// A generation in progress. Dropping it cancels the generation.
-pub struct TextStream {
-    events: UnboundedReceiver<GenerateEvent>,
-    pub prompt_tokens: u32,
-}
-
-/// One server-sent event of a streamed generation.
-#[derive(Debug, Clone, PartialEq)]
-pub enum StreamItem {
-    Text(String),
-    Usage {
-        prompt_tokens: u32,
-        completion_tokens: u32,
-    },
-    Error(InferenceError),
-}
-
-impl TextStream {
-    /// Returns the next item, or `None` when the generation is over.
-    pub async fn next(&mut self) -> Option<StreamItem> {
-        loop {
-            let item = match self.events.recv().await? {
-                GenerateEvent::Started { .. } => continue,
-                GenerateEvent::Text(text) => StreamItem::Text(text),
-                GenerateEvent::Finished {
-                    prompt_tokens,
-                    completion_tokens,
-                    ..
-                } => StreamItem::Usage {
-                    prompt_tokens,
-                    completion_tokens,
-                },
-                GenerateEvent::Failed(error) => StreamItem::Error(engine_error(error)),
-            };
-            return Some(item);
-        }
-    }
-}
-
-/// Formats a stream item as one server-sent event of the hosted API.
-pub fn sse_event(item: &StreamItem) -> String {
-    let data = match item {
-        StreamItem::Text(text) => json!({ "response": text }),
-        StreamItem::Usage {
-            prompt_tokens,
-            completion_tokens,
-        } => json!({ "response": "", "usage": usage(*prompt_tokens, *completion_tokens) }),
-        StreamItem::Error(error) => json!({
-            "error": { "code": error.code(), "message": error.message },
-        }),
-    };
-    format!("data: {data}\n\n")
-}
-
-/// The event that ends every stream.
-pub const SSE_DONE: &str = "data: [DONE]\n\n";
-
-fn usage(prompt_tokens: u32, completion_tokens: u32) -> Value {
-    json!({
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    })
-}
-
-/// Starts a generation and waits until the model accepted the prompt, so a rejected prompt
-/// becomes an error before any response bytes are sent.
-pub async fn start(
-    model: &LlamaModelHandle,
-    input: &TextGenerationInput,
-) -> Result<TextStream, InferenceError> {
-    let prompt = match &input.prompt {
-        Prompt::Text { text, raw: true } => text.clone(),
-        Prompt::Text { text, raw: false } => model
-            .render_chat(&[ChatMessage {
-                role: "user".into(),
-                content: text.clone(),
-            }])
-            .map_err(engine_error)?,
-        Prompt::Messages(messages) => model.render_chat(messages).map_err(engine_error)?,
-    };
-
-    let (sender, mut events) = unbounded_channel();
-    model
-        .submit(GenerateRequest {
-            prompt,
-            max_tokens: input.max_tokens,
-            sampling: input.sampling.clone(),
-            ignore_eos: false,
-            events: sender,
-        })
-        .map_err(engine_error)?;
-    match events.recv().await {
-        Some(GenerateEvent::Started { prompt_tokens }) => Ok(TextStream {
-            events,
-            prompt_tokens,
-        }),
-        Some(GenerateEvent::Failed(error)) => Err(engine_error(error)),
-        Some(other) => Err(InferenceError::internal(format!(
-            "the model sent {other:?} before accepting the prompt"
-        ))),
-        None => Err(engine_error(EngineError::WorkerStopped)),
-    }
-}
-
-/// Runs a generation to the end and returns the hosted API's JSON result.
-pub async fn complete(mut stream: TextStream) -> Result<Value, InferenceError> {
-    let mut response = String::new();
-    while let Some(item) = stream.next().await {
-        match item {
-            StreamItem::Text(text) => response.push_str(&text),
-            StreamItem::Usage {
-                prompt_tokens,
-                completion_tokens,
-            } => {
-                return Ok(json!({
-                    "response": response,
-                    "usage": usage(prompt_tokens, completion_tokens),
-                }))
-            }
-            StreamItem::Error(error) => return Err(error),
-        }
-    }
-    Err(engine_error(EngineError::WorkerStopped))
-}
-
-fn engine_error(error: EngineError) -> InferenceError {
-    let kind = match &error {
-        EngineError::PromptTooLong { .. }
-        | EngineError::EmptyPrompt
-        | EngineError::ChatTemplate(_) => ErrorKind::InvalidInput,
-        EngineError::QueueFull { .. } => ErrorKind::OutOfCapacity,
-        EngineError::Load { .. } | EngineError::WorkerStopped | EngineError::Decode(_) => {
-            ErrorKind::ModelUnavailable
-        }
-    };
-    match kind {
-        ErrorKind::InvalidInput => InferenceError::invalid_input(error),
-        _ => InferenceError::new(kind, error.to_string()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn parse(input: Value) -> Result<TextGenerationInput, InferenceError> {
         TextGenerationInput::parse(input, 4096)
@@ -427,8 +347,8 @@ mod tests {
 
     #[test]
     fn unsupported_field_is_rejected() {
-        let error = parse(json!({"prompt": "a", "tools": []})).unwrap_err();
-        assert!(error.message.contains("`tools`"), "{}", error.message);
+        let error = parse(json!({"prompt": "a", "functions": []})).unwrap_err();
+        assert!(error.message.contains("`functions`"), "{}", error.message);
     }
 
     #[test]
@@ -439,15 +359,39 @@ mod tests {
     }
 
     #[test]
-    fn sse_events_have_hosted_shape() {
+    fn json_mode_with_stream_is_rejected() {
+        let error = parse(json!({"prompt": "a", "stream": true,
+                                 "response_format": {"type": "json_object"}}))
+        .unwrap_err();
+        assert!(error.message.contains("streaming"), "{}", error.message);
+    }
+
+    #[test]
+    fn openai_style_schema_is_unwrapped() {
+        let input = parse(
+            json!({"prompt": "a", "response_format": {"type": "json_schema",
+            "json_schema": {"name": "x", "schema": {"type": "object"}}}}),
+        )
+        .unwrap();
         assert_eq!(
-            sse_event(&StreamItem::Text("hi".into())),
-            "data: {\"response\":\"hi\"}\n\n"
+            input.response_format,
+            Some(ResponseFormat::JsonSchema(json!({"type": "object"})))
         );
-        let usage = sse_event(&StreamItem::Usage {
-            prompt_tokens: 3,
-            completion_tokens: 2,
-        });
-        assert!(usage.contains("\"total_tokens\":5"), "{usage}");
+    }
+
+    #[test]
+    fn tool_call_message_may_lack_content() {
+        let input = parse(json!({"messages": [
+            {"role": "user", "content": "add"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+                "function": {"name": "add", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "3"}
+        ]}))
+        .unwrap();
+        let Prompt::Messages(messages) = input.prompt else {
+            panic!("expected messages");
+        };
+        assert!(messages[1].tool_calls.is_some());
+        assert_eq!(messages[2].tool_call_id.as_deref(), Some("c1"));
     }
 }

@@ -1,0 +1,182 @@
+//! A worker folder's configuration: `wrangler.toml` as Wrangler reads it, or `kiln.toml` with
+//! the same keys. Keys that Kiln does not use yet (routes, observability, placement, …) are
+//! accepted and ignored, so existing files load unchanged.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::ConfigError;
+
+/// File names searched in a worker folder, in order.
+pub const WORKER_CONFIG_FILES: [&str; 2] = ["wrangler.toml", "kiln.toml"];
+
+/// The keys of a worker's configuration that Kiln reads.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct WorkerConfig {
+    /// Worker name: letters, digits and dashes.
+    pub name: String,
+    /// Entry module, relative to the worker folder.
+    pub main: PathBuf,
+    #[serde(default)]
+    pub compatibility_date: Option<String>,
+    #[serde(default)]
+    pub compatibility_flags: Vec<String>,
+    /// `[ai]`: the Workers AI binding.
+    #[serde(default)]
+    pub ai: Option<AiBindingConfig>,
+    /// `[vars]`: plain values on `env`, strings or any JSON value.
+    #[serde(default)]
+    pub vars: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    pub limits: WorkerLimits,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct AiBindingConfig {
+    /// Name of the `env` property, usually `AI`.
+    pub binding: String,
+}
+
+/// `[limits]` of a worker.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct WorkerLimits {
+    /// CPU time per request, in milliseconds. Default: the node's (30 000).
+    pub cpu_ms: Option<u64>,
+    /// Outbound requests and binding calls per request. Read but not enforced yet.
+    pub subrequests: Option<u32>,
+}
+
+impl WorkerConfig {
+    /// Reads the configuration of the worker in `dir`: `wrangler.toml`, else `kiln.toml`.
+    pub fn load_dir(dir: &Path) -> Result<(PathBuf, Self), ConfigError> {
+        let path = WORKER_CONFIG_FILES
+            .iter()
+            .map(|name| dir.join(name))
+            .find(|path| path.is_file())
+            .ok_or_else(|| ConfigError::Invalid {
+                path: dir.to_path_buf(),
+                message: format!(
+                    "no worker configuration found: create {} with `name` and `main`",
+                    WORKER_CONFIG_FILES.join(" or ")
+                ),
+            })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let config = Self::parse(&text).map_err(|message| ConfigError::Invalid {
+            path: path.clone(),
+            message,
+        })?;
+        Ok((path, config))
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let config: Self = toml::from_str(text).map_err(|err| err.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let valid_name = !self.name.is_empty()
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid_name {
+            return Err(format!(
+                "invalid worker name {:?}: use letters, digits and dashes",
+                self.name
+            ));
+        }
+        if self.main.as_os_str().is_empty() || self.main.is_absolute() {
+            return Err(format!(
+                "invalid main {:?}: give the entry module's path relative to the worker folder",
+                self.main
+            ));
+        }
+        if self.limits.cpu_ms == Some(0) {
+            return Err("limits.cpu_ms must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// `[vars]` as JSON values, as they appear on `env`.
+    pub fn vars_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.vars
+            .iter()
+            .map(|(key, value)| (key.clone(), toml_to_json(value)))
+            .collect()
+    }
+}
+
+fn toml_to_json(value: &toml::Value) -> serde_json::Value {
+    match value {
+        toml::Value::String(text) => serde_json::Value::String(text.clone()),
+        toml::Value::Integer(number) => serde_json::Value::from(*number),
+        toml::Value::Float(number) => serde_json::Value::from(*number),
+        toml::Value::Boolean(flag) => serde_json::Value::Bool(*flag),
+        toml::Value::Datetime(datetime) => serde_json::Value::String(datetime.to_string()),
+        toml::Value::Array(items) => items.iter().map(toml_to_json).collect(),
+        toml::Value::Table(table) => serde_json::Value::Object(
+            table
+                .iter()
+                .map(|(key, value)| (key.clone(), toml_to_json(value)))
+                .collect(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrangler_file_parses() {
+        let config = WorkerConfig::parse(
+            r#"
+            name = "chat"
+            main = "src/index.ts"
+            compatibility_date = "2024-09-23"
+            workers_dev = true
+
+            [ai]
+            binding = "AI"
+
+            [vars]
+            MODE = "prod"
+            RETRIES = 3
+            FLAGS = { beta = true }
+
+            [limits]
+            cpu_ms = 50
+
+            [observability]
+            enabled = true
+            "#,
+        )
+        .expect("config parses");
+        assert_eq!(config.name, "chat");
+        assert_eq!(config.main, PathBuf::from("src/index.ts"));
+        assert_eq!(config.ai.as_ref().map(|ai| ai.binding.as_str()), Some("AI"));
+        assert_eq!(config.limits.cpu_ms, Some(50));
+        let vars = config.vars_json();
+        assert_eq!(vars["MODE"], "prod");
+        assert_eq!(vars["RETRIES"], 3);
+        assert_eq!(vars["FLAGS"]["beta"], true);
+    }
+
+    #[test]
+    fn missing_main_is_rejected() {
+        let error = WorkerConfig::parse("name = \"a\"").unwrap_err();
+        assert!(error.contains("main"), "{error}");
+    }
+
+    #[test]
+    fn invalid_name_is_rejected() {
+        let error = WorkerConfig::parse("name = \"a b\"\nmain = \"index.js\"").unwrap_err();
+        assert!(error.contains("invalid worker name"), "{error}");
+    }
+}

@@ -1,0 +1,217 @@
+//! Loading and running the models of every task except text generation: text embeddings,
+//! text classification, image classification and custom ONNX models. Each loaded model owns
+//! a batch worker thread (see [`crate::batching`]).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use kiln_models::{EngineKind, Manifest, ModelStore, Task};
+use serde_json::Value;
+use tokio::sync::OnceCell;
+
+use crate::batching::{BatchOptions, BatchStats};
+use crate::classification::{self, ZeroShotClassifier, ZeroShotConfig};
+use crate::custom::CustomModel;
+use crate::embeddings::{self, EmbeddingsInput, TextEncoder};
+use crate::engines::OnnxEngineOptions;
+use crate::image_classification::{self, ImageClassifier};
+use crate::{ErrorKind, InferenceError};
+
+#[derive(Clone)]
+enum Loaded {
+    Encoder(TextEncoder),
+    ZeroShot(ZeroShotClassifier),
+    Image(ImageClassifier),
+    Custom(CustomModel),
+}
+
+type Slot = Arc<OnceCell<Loaded>>;
+
+/// The non-generation models of a node, loaded once on first use.
+pub struct EncoderService {
+    store: ModelStore,
+    onnx: OnnxEngineOptions,
+    batching: BatchOptions,
+    loaded: Mutex<HashMap<String, Slot>>,
+}
+
+impl EncoderService {
+    pub fn new(store: ModelStore, onnx: OnnxEngineOptions, batching: BatchOptions) -> Self {
+        Self {
+            store,
+            onnx,
+            batching,
+            loaded: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Validates `input` for the model's task, loads the model if needed and runs it.
+    pub async fn run(&self, manifest: &Manifest, input: Value) -> Result<Value, InferenceError> {
+        match manifest.task {
+            Task::TextEmbeddings => {
+                let input = EmbeddingsInput::parse(input)?;
+                let Loaded::Encoder(encoder) = self.load(manifest).await? else {
+                    return Err(wrong_kind(manifest));
+                };
+                let result = encoder.embed(&input.texts, input.pooling).await?;
+                Ok(embeddings::output(
+                    &result,
+                    encoder.dimensions,
+                    input.pooling,
+                ))
+            }
+            Task::TextClassification => {
+                let text = classification::parse_text(input)?;
+                let Loaded::ZeroShot(classifier) = self.load(manifest).await? else {
+                    return Err(wrong_kind(manifest));
+                };
+                classifier.classify(text).await
+            }
+            Task::ImageClassification => {
+                let bytes = image_classification::parse_image(input)?;
+                let Loaded::Image(classifier) = self.load(manifest).await? else {
+                    return Err(wrong_kind(manifest));
+                };
+                classifier.classify(bytes).await
+            }
+            Task::Custom => {
+                let Loaded::Custom(model) = self.load(manifest).await? else {
+                    return Err(wrong_kind(manifest));
+                };
+                model.run(input).await
+            }
+            Task::TextGeneration => Err(InferenceError::internal(
+                "text generation does not run on the encoder service",
+            )),
+        }
+    }
+
+    /// Loads a model ahead of its first request.
+    pub async fn preload(&self, manifest: &Manifest) -> Result<(), InferenceError> {
+        self.load(manifest).await.map(|_| ())
+    }
+
+    /// Batch counters of every loaded model, by model id.
+    pub fn batch_stats(&self) -> Vec<(String, Arc<BatchStats>)> {
+        let Ok(loaded) = self.loaded.lock() else {
+            return Vec::new();
+        };
+        let mut stats: Vec<(String, Arc<BatchStats>)> = loaded
+            .iter()
+            .filter_map(|(id, slot)| {
+                let stats = match slot.get()? {
+                    Loaded::Encoder(encoder) => encoder.worker_stats(),
+                    Loaded::Image(classifier) => classifier.worker_stats(),
+                    Loaded::Custom(model) => model.worker_stats(),
+                    Loaded::ZeroShot(_) => return None,
+                };
+                Some((id.clone(), Arc::clone(stats)))
+            })
+            .collect();
+        stats.sort_by(|a, b| a.0.cmp(&b.0));
+        stats
+    }
+
+    fn load<'a>(
+        &'a self,
+        manifest: &'a Manifest,
+    ) -> Pin<Box<dyn Future<Output = Result<Loaded, InferenceError>> + Send + 'a>> {
+        Box::pin(async move {
+            let slot = {
+                let mut loaded = self
+                    .loaded
+                    .lock()
+                    .map_err(|_| InferenceError::internal("the model table lock is poisoned"))?;
+                Arc::clone(loaded.entry(manifest.id.clone()).or_default())
+            };
+            let model = slot
+                .get_or_try_init(|| self.load_from_disk(manifest))
+                .await?;
+            Ok(model.clone())
+        })
+    }
+
+    async fn load_from_disk(&self, manifest: &Manifest) -> Result<Loaded, InferenceError> {
+        let unavailable = |reason: String| {
+            tracing::error!(model = %manifest.id, error = %reason, "model load failed");
+            InferenceError::new(
+                ErrorKind::ModelUnavailable,
+                format!("model {} cannot be loaded: {reason}", manifest.id),
+            )
+        };
+        tracing::info!(model = %manifest.id, task = %manifest.task, engine = %manifest.engine,
+            "loading model");
+        let started = std::time::Instant::now();
+
+        if manifest.task == Task::TextClassification {
+            let config = match ZeroShotConfig::from_extra(&manifest.extra) {
+                Some(config) => config.map_err(unavailable)?,
+                None => {
+                    // NOTE: fine-tuned sequence-classification checkpoints (BERT, DistilBERT)
+                    // are not supported yet; only zero-shot classifiers load.
+                    return Err(unavailable(
+                        "only zero-shot classifiers (extra.zero_shot in the manifest) can run \
+                         text classification on this node"
+                            .into(),
+                    ));
+                }
+            };
+            let encoder_manifest = self
+                .store
+                .get(&config.encoder)
+                .map_err(InferenceError::internal)?
+                .ok_or_else(|| {
+                    unavailable(format!(
+                        "its encoder {} is not installed; run scripts/install-models.sh",
+                        config.encoder
+                    ))
+                })?;
+            let Loaded::Encoder(encoder) = self.load(&encoder_manifest).await? else {
+                return Err(unavailable(format!(
+                    "its encoder {} is not a text-embeddings model",
+                    config.encoder
+                )));
+            };
+            let classifier = ZeroShotClassifier::new(config, encoder).await?;
+            tracing::info!(model = %manifest.id, seconds = started.elapsed().as_secs_f64(),
+                "model loaded");
+            return Ok(Loaded::ZeroShot(classifier));
+        }
+
+        let store = self.store.clone();
+        let owned = manifest.clone();
+        let onnx = self.onnx.clone();
+        let batching = self.batching.clone();
+        let loaded = tokio::task::spawn_blocking(move || match owned.task {
+            Task::TextEmbeddings => {
+                TextEncoder::load(&store, &owned, &onnx, batching).map(Loaded::Encoder)
+            }
+            Task::ImageClassification if owned.engine == EngineKind::Onnx => {
+                ImageClassifier::load(&store, &owned, &onnx, batching).map(Loaded::Image)
+            }
+            Task::Custom if owned.engine == EngineKind::Onnx => {
+                CustomModel::load(&store, &owned, &onnx, batching).map(Loaded::Custom)
+            }
+            task => Err(format!(
+                "the {} engine cannot run {} models on this node",
+                owned.engine,
+                task.display_name()
+            )),
+        })
+        .await
+        .map_err(|error| unavailable(format!("the load task failed: {error}")))?
+        .map_err(unavailable)?;
+        tracing::info!(model = %manifest.id, seconds = started.elapsed().as_secs_f64(),
+            "model loaded");
+        Ok(loaded)
+    }
+}
+
+fn wrong_kind(manifest: &Manifest) -> InferenceError {
+    InferenceError::internal(format!(
+        "model {} loaded as a different kind of model than its task {}",
+        manifest.id, manifest.task
+    ))
+}

@@ -1,0 +1,232 @@
+//! Running a generation: prompt rendering, constrained decoding, and the stream of results.
+
+use std::collections::VecDeque;
+
+use kiln_engine_llama::{
+    grammar_from_json_schema, ChatMessage, EngineError, FinishReason, GenerateEvent,
+    GenerateRequest, LlamaModelHandle,
+};
+use serde_json::json;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use super::tools::{forced_call_schema, messages_with_tool_prompt, parse_tool_calls, tools_json};
+use super::{Prompt, ResponseFormat, TextGenerationInput, Tool, ToolCall};
+use crate::{ErrorKind, InferenceError};
+
+/// Token counts of one generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+impl Usage {
+    pub fn total_tokens(&self) -> u32 {
+        self.prompt_tokens + self.completion_tokens
+    }
+}
+
+/// One step of a generation, in order: any number of `Text`, at most one `ToolCalls`, then
+/// `Done`; or `Error` at any point.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamItem {
+    Text(String),
+    ToolCalls(Vec<ToolCall>),
+    Done {
+        usage: Usage,
+        finish_reason: FinishReason,
+    },
+    Error(InferenceError),
+}
+
+/// A generation in progress. Dropping it cancels the generation.
+pub struct TextStream {
+    events: UnboundedReceiver<GenerateEvent>,
+    pub prompt_tokens: u32,
+    /// When tools are offered, text is held until the end, since only the whole reply shows
+    /// whether it is a tool call.
+    tools: Option<Vec<Tool>>,
+    held_text: String,
+    pending: VecDeque<StreamItem>,
+}
+
+impl TextStream {
+    /// Returns the next item, or `None` after `Done` or `Error`.
+    pub async fn next(&mut self) -> Option<StreamItem> {
+        if let Some(item) = self.pending.pop_front() {
+            return Some(item);
+        }
+        loop {
+            match self.events.recv().await? {
+                GenerateEvent::Started { .. } => continue,
+                GenerateEvent::Text(text) if self.tools.is_some() => self.held_text.push_str(&text),
+                GenerateEvent::Text(text) => return Some(StreamItem::Text(text)),
+                GenerateEvent::Finished {
+                    prompt_tokens,
+                    completion_tokens,
+                    reason,
+                } => {
+                    let done = StreamItem::Done {
+                        usage: Usage {
+                            prompt_tokens,
+                            completion_tokens,
+                        },
+                        finish_reason: reason,
+                    };
+                    return Some(self.release_held(done));
+                }
+                GenerateEvent::Failed(error) => {
+                    return Some(StreamItem::Error(engine_error(error)))
+                }
+            }
+        }
+    }
+
+    /// Turns held text into tool calls or text, queued before `done`.
+    fn release_held(&mut self, done: StreamItem) -> StreamItem {
+        let Some(tools) = &self.tools else {
+            return done;
+        };
+        let held_text = std::mem::take(&mut self.held_text);
+        let calls = parse_tool_calls(&held_text, tools);
+        let first = if !calls.is_empty() {
+            StreamItem::ToolCalls(calls)
+        } else if !held_text.is_empty() {
+            StreamItem::Text(held_text)
+        } else {
+            return done;
+        };
+        self.pending.push_back(done);
+        first
+    }
+}
+
+/// A finished generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub text: String,
+    pub tool_calls: Vec<ToolCall>,
+    pub usage: Usage,
+    pub finish_reason: FinishReason,
+}
+
+/// Runs a generation to the end.
+pub async fn collect(mut stream: TextStream) -> Result<Completion, InferenceError> {
+    let mut text = String::new();
+    let mut tool_calls = Vec::new();
+    while let Some(item) = stream.next().await {
+        match item {
+            StreamItem::Text(piece) => text.push_str(&piece),
+            StreamItem::ToolCalls(calls) => tool_calls = calls,
+            StreamItem::Done {
+                usage,
+                finish_reason,
+            } => {
+                return Ok(Completion {
+                    text,
+                    tool_calls,
+                    usage,
+                    finish_reason,
+                })
+            }
+            StreamItem::Error(error) => return Err(error),
+        }
+    }
+    Err(engine_error(EngineError::WorkerStopped))
+}
+
+/// Starts a generation and waits until the model accepted the prompt, so a rejected prompt
+/// becomes an error before any response bytes are sent.
+pub async fn start(
+    model: &LlamaModelHandle,
+    input: &TextGenerationInput,
+) -> Result<TextStream, InferenceError> {
+    let prompt = render_prompt(model, input)?;
+    let grammar = output_grammar(input)?;
+
+    let (sender, mut events) = unbounded_channel();
+    model
+        .submit(GenerateRequest {
+            prompt,
+            max_tokens: input.max_tokens,
+            sampling: input.sampling.clone(),
+            ignore_eos: false,
+            stop: input.stop.clone(),
+            grammar,
+            events: sender,
+        })
+        .map_err(engine_error)?;
+    match events.recv().await {
+        Some(GenerateEvent::Started { prompt_tokens }) => Ok(TextStream {
+            events,
+            prompt_tokens,
+            tools: input.tools_active().then(|| input.tools.clone()),
+            held_text: String::new(),
+            pending: VecDeque::new(),
+        }),
+        Some(GenerateEvent::Failed(error)) => Err(engine_error(error)),
+        Some(other) => Err(InferenceError::internal(format!(
+            "the model sent {other:?} before accepting the prompt"
+        ))),
+        None => Err(engine_error(EngineError::WorkerStopped)),
+    }
+}
+
+fn render_prompt(
+    model: &LlamaModelHandle,
+    input: &TextGenerationInput,
+) -> Result<String, InferenceError> {
+    let user_message;
+    let messages: &[ChatMessage] = match &input.prompt {
+        Prompt::Text { text, raw: true } => return Ok(text.clone()),
+        Prompt::Text { text, raw: false } => {
+            user_message = [ChatMessage::new("user", text.clone())];
+            &user_message
+        }
+        Prompt::Messages(messages) => messages,
+    };
+    let rendered = if !input.tools_active() {
+        model.render_chat(messages, None)
+    } else if model.renders_tools() {
+        model.render_chat(messages, Some(&tools_json(&input.tools)))
+    } else {
+        model.render_chat(&messages_with_tool_prompt(messages, &input.tools), None)
+    };
+    rendered.map_err(engine_error)
+}
+
+/// Returns the grammar for a forced tool call or JSON mode, if the request sets either.
+fn output_grammar(input: &TextGenerationInput) -> Result<Option<String>, InferenceError> {
+    let forced_call = input
+        .tools_active()
+        .then(|| forced_call_schema(&input.tools, &input.tool_choice))
+        .flatten();
+    let (schema, field) = match (forced_call, &input.response_format) {
+        (Some(schema), _) => (schema, "tools"),
+        (None, Some(ResponseFormat::JsonObject)) => (json!({"type": "object"}), "response_format"),
+        (None, Some(ResponseFormat::JsonSchema(schema))) => {
+            (schema.clone(), "response_format.json_schema")
+        }
+        (None, None) => return Ok(None),
+    };
+    grammar_from_json_schema(&schema.to_string())
+        .map(Some)
+        .map_err(|err| InferenceError::invalid_input(format!("`{field}`: {err}")))
+}
+
+pub(crate) fn engine_error(error: EngineError) -> InferenceError {
+    let kind = match &error {
+        EngineError::PromptTooLong { .. }
+        | EngineError::EmptyPrompt
+        | EngineError::ChatTemplate(_)
+        | EngineError::Grammar(_) => ErrorKind::InvalidInput,
+        EngineError::QueueFull { .. } => ErrorKind::OutOfCapacity,
+        EngineError::Load { .. } | EngineError::WorkerStopped | EngineError::Decode(_) => {
+            ErrorKind::ModelUnavailable
+        }
+    };
+    match kind {
+        ErrorKind::InvalidInput => InferenceError::invalid_input(error),
+        _ => InferenceError::new(kind, error.to_string()),
+    }
+}

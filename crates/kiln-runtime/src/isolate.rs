@@ -1,0 +1,597 @@
+//! One QuickJS isolate on its own thread, and the event loop that drives it.
+//!
+//! The thread waits on a channel for events (requests, AI results, stream chunks) and on its
+//! own timer heap. Each event is one turn: a call into JavaScript followed by draining the
+//! microtask queue. Every turn runs under the CPU budget of the request it belongs to. The
+//! interrupt handler stops JavaScript that overruns it, so neither a loop nor a microtask storm
+//! can hold the thread. A request that breaks a limit fails, and the isolate is discarded and
+//! rebuilt from the same worker version.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rquickjs::promise::PromiseState;
+use rquickjs::{Context, Ctx, Function, Object, Persistent, Runtime, TypedArray, Value};
+use tokio::sync::oneshot;
+
+use crate::binding::{AiError, AiOutput};
+use crate::bytecode::{self, DeclareError};
+use crate::host::{self, AiSettlement, HostState, Reply, SharedState};
+use crate::modules::{SourceMaps, WorkerLoader, WorkerResolver};
+use crate::worker::{
+    Limit, Limits, Services, StartError, WorkerError, WorkerRequest, WorkerResponse, WorkerSpec,
+};
+
+const PRELUDE: &str = include_str!("js/prelude.js");
+
+/// Messages to an isolate thread.
+pub(crate) enum Event {
+    Fetch {
+        request: WorkerRequest,
+        reply: oneshot::Sender<Result<WorkerResponse, WorkerError>>,
+    },
+    AiDone {
+        generation: u64,
+        call: u64,
+        result: Result<AiOutput, AiError>,
+    },
+    /// A chunk of a forwarded AI stream; `Ok(None)` ends it.
+    StreamChunk {
+        generation: u64,
+        stream: u64,
+        chunk: Result<Option<Bytes>, String>,
+    },
+    Shutdown,
+}
+
+/// Stack of an isolate thread: room for JavaScript's own limit plus the native frames around
+/// it.
+pub(crate) fn thread_stack_bytes(limits: &Limits) -> usize {
+    limits.stack_bytes * 2 + 8 * 1024 * 1024
+}
+
+/// CPU time used by the calling thread so far.
+fn thread_cpu_time() -> Duration {
+    let mut time = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `time` is a valid timespec, and CLOCK_THREAD_CPUTIME_ID exists on every Linux.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut time) };
+    if status != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(time.tv_sec as u64, time.tv_nsec as u32)
+}
+
+/// The CPU deadline of the turn in progress, checked by QuickJS's interrupt handler.
+#[derive(Default)]
+struct CpuBudget {
+    /// Thread CPU time at which the turn must stop; `None` between turns.
+    deadline: Cell<Option<Duration>>,
+    exceeded: Cell<bool>,
+}
+
+impl CpuBudget {
+    /// Returns true (interrupt) once the thread's CPU time passes the deadline.
+    fn interrupt(&self) -> bool {
+        if self.exceeded.get() {
+            return true;
+        }
+        if let Some(deadline) = self.deadline.get() {
+            if thread_cpu_time() > deadline {
+                self.exceeded.set(true);
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// Reason an isolate's event loop returned.
+enum Exit {
+    Shutdown,
+    /// A request broke a limit; the isolate must be rebuilt.
+    Discard,
+}
+
+/// Runs an isolate thread: builds the isolate, reports readiness, then serves events until
+/// shutdown, rebuilding the isolate whenever a request breaks a limit.
+pub(crate) fn run_thread(
+    spec: WorkerSpec,
+    services: Services,
+    events: mpsc::Sender<Event>,
+    receiver: mpsc::Receiver<Event>,
+    ready: mpsc::Sender<Result<(), StartError>>,
+) {
+    let mut generation = 0;
+    let mut isolate = match Isolate::build(&spec, &services, &events, generation) {
+        Ok(isolate) => {
+            let _ = ready.send(Ok(()));
+            isolate
+        }
+        Err(error) => {
+            let _ = ready.send(Err(error));
+            return;
+        }
+    };
+    drop(ready);
+
+    loop {
+        match isolate.serve(&receiver) {
+            Exit::Shutdown => return,
+            Exit::Discard => {
+                generation += 1;
+                drop(isolate);
+                let started = Instant::now();
+                match Isolate::build(&spec, &services, &events, generation) {
+                    Ok(rebuilt) => {
+                        tracing::info!(
+                            worker = %spec.name,
+                            ms = started.elapsed().as_secs_f64() * 1000.0,
+                            "isolate rebuilt"
+                        );
+                        isolate = rebuilt;
+                    }
+                    Err(error) => {
+                        tracing::error!(worker = %spec.name, error = %error, "failed to rebuild the isolate");
+                        reject_until_shutdown(&receiver, &error.0);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn reject_until_shutdown(receiver: &mpsc::Receiver<Event>, reason: &str) {
+    while let Ok(event) = receiver.recv() {
+        match event {
+            Event::Fetch { reply, .. } => {
+                let _ = reply.send(Err(WorkerError::Unavailable(reason.to_owned())));
+            }
+            Event::Shutdown => return,
+            _ => {}
+        }
+    }
+}
+
+struct Isolate {
+    // Field order is drop order: JavaScript handles go before the context and runtime.
+    host: Persistent<Object<'static>>,
+    context: Context,
+    runtime: Runtime,
+    state: SharedState,
+    budget: Rc<CpuBudget>,
+    cpu_used: HashMap<u64, Duration>,
+    limits: Limits,
+    next_request: u64,
+}
+
+impl Isolate {
+    fn build(
+        spec: &WorkerSpec,
+        services: &Services,
+        events: &mpsc::Sender<Event>,
+        generation: u64,
+    ) -> Result<Isolate, StartError> {
+        let engine_error = |err: rquickjs::Error| StartError(format!("QuickJS failed: {err}"));
+        let runtime = Runtime::new().map_err(engine_error)?;
+        runtime.set_memory_limit(spec.limits.memory_bytes);
+        runtime.set_max_stack_size(spec.limits.stack_bytes);
+        let budget = Rc::new(CpuBudget::default());
+        let handler_budget = Rc::clone(&budget);
+        runtime.set_interrupt_handler(Some(Box::new(move || handler_budget.interrupt())));
+        let source_maps = SourceMaps::default();
+        runtime.set_loader(
+            WorkerResolver::new(&spec.root),
+            WorkerLoader::new(&spec.root, source_maps.clone()),
+        );
+        let context = Context::full(&runtime).map_err(engine_error)?;
+        let state: SharedState = Rc::new(RefCell::new(HostState::new(
+            spec.name.clone(),
+            generation,
+            events.clone(),
+            services.clone(),
+            source_maps,
+        )));
+
+        // Module top levels run under the same CPU limit as a request.
+        budget.deadline.set(Some(
+            thread_cpu_time() + Duration::from_millis(spec.limits.cpu_ms),
+        ));
+        let host = context.with(|ctx| load_worker(&ctx, spec, &state));
+        budget.deadline.set(None);
+        if budget.exceeded.get() {
+            return Err(StartError(format!(
+                "{}: the module's top level exceeded the CPU limit of {} ms",
+                spec.main, spec.limits.cpu_ms
+            )));
+        }
+
+        Ok(Isolate {
+            host: host?,
+            context,
+            runtime,
+            state,
+            budget,
+            cpu_used: HashMap::new(),
+            limits: spec.limits,
+            next_request: 1,
+        })
+    }
+
+    /// Serves events until shutdown or until a request breaks a limit.
+    fn serve(&mut self, receiver: &mpsc::Receiver<Event>) -> Exit {
+        loop {
+            let deadline = self.state.borrow_mut().next_deadline();
+            let event = match deadline {
+                Some(deadline) => {
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    match receiver.recv_timeout(wait) {
+                        Ok(event) => Some(event),
+                        Err(mpsc::RecvTimeoutError::Timeout) => None,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return Exit::Shutdown,
+                    }
+                }
+                None => match receiver.recv() {
+                    Ok(event) => Some(event),
+                    Err(_) => return Exit::Shutdown,
+                },
+            };
+
+            if let Some(event) = event {
+                if matches!(event, Event::Shutdown) {
+                    self.state
+                        .borrow_mut()
+                        .fail_all(|_| WorkerError::Unavailable("the worker was stopped".into()));
+                    return Exit::Shutdown;
+                }
+                self.handle(event);
+                if self.discard_if_breached() {
+                    return Exit::Discard;
+                }
+            }
+
+            loop {
+                let due = self.state.borrow_mut().pop_due_timer(Instant::now());
+                let Some((timer, owner)) = due else { break };
+                self.turn(owner, |_, host| {
+                    let fire: Function = host.get("timer")?;
+                    fire.call((timer as f64,))
+                });
+                if self.discard_if_breached() {
+                    return Exit::Discard;
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Fetch { request, reply } => self.handle_fetch(request, reply),
+            Event::AiDone {
+                generation,
+                call,
+                result,
+            } => {
+                if generation != self.state.borrow().generation {
+                    return;
+                }
+                let owner = self.state.borrow_mut().ai_owner.remove(&call).flatten();
+                let settlement = host::settle_ai(&self.state, owner, result);
+                self.turn(owner, |_, host| match settlement {
+                    AiSettlement::Json(json) => {
+                        let done: Function = host.get("aiDone")?;
+                        done.call((call as f64, true, json))
+                    }
+                    AiSettlement::Error(json) => {
+                        let done: Function = host.get("aiDone")?;
+                        done.call((call as f64, false, json))
+                    }
+                    AiSettlement::Stream(stream) => {
+                        let done: Function = host.get("aiStream")?;
+                        done.call((call as f64, stream as f64))
+                    }
+                });
+            }
+            Event::StreamChunk {
+                generation,
+                stream,
+                chunk,
+            } => {
+                if generation != self.state.borrow().generation {
+                    return;
+                }
+                let Some(owner) = self.state.borrow().stream_owner(stream) else {
+                    return;
+                };
+                if !matches!(chunk, Ok(Some(_))) {
+                    self.state.borrow_mut().finish_stream(stream);
+                }
+                self.turn(owner, |ctx, host| match chunk {
+                    Ok(Some(bytes)) => {
+                        let push: Function = host.get("streamChunk")?;
+                        let bytes = TypedArray::<u8>::new(ctx.clone(), bytes.to_vec())?;
+                        push.call((stream as f64, bytes))
+                    }
+                    Ok(None) => {
+                        let end: Function = host.get("streamEnd")?;
+                        end.call((stream as f64, Value::new_null(ctx.clone())))
+                    }
+                    Err(message) => {
+                        let end: Function = host.get("streamEnd")?;
+                        end.call((stream as f64, message))
+                    }
+                });
+            }
+            Event::Shutdown => {}
+        }
+    }
+
+    fn handle_fetch(
+        &mut self,
+        request: WorkerRequest,
+        reply: oneshot::Sender<Result<WorkerResponse, WorkerError>>,
+    ) {
+        let number = self.next_request;
+        self.next_request += 1;
+        {
+            let mut state = self.state.borrow_mut();
+            state.request_ids.insert(number, request.id.clone());
+            state.replies.insert(number, Reply::Waiting(reply));
+        }
+        let headers: Vec<String> = request
+            .headers
+            .into_iter()
+            .flat_map(|(name, value)| [name, value])
+            .collect();
+        let cf = request.cf.to_string();
+        let body = request.body;
+        self.turn(Some(number), |ctx, host| {
+            let fetch: Function = host.get("fetch")?;
+            let body = if body.is_empty() {
+                Value::new_null(ctx.clone())
+            } else {
+                TypedArray::<u8>::new(ctx.clone(), body.to_vec())?.into_value()
+            };
+            fetch.call((
+                number as f64,
+                request.method,
+                request.url,
+                headers,
+                body,
+                cf,
+            ))
+        });
+    }
+
+    /// Runs one turn for `owner`: the call into JavaScript, then the microtask queue, under the
+    /// CPU time the request has left.
+    fn turn<F>(&mut self, owner: Option<u64>, call: F)
+    where
+        F: for<'js> FnOnce(&Ctx<'js>, &Object<'js>) -> rquickjs::Result<()>,
+    {
+        {
+            let mut state = self.state.borrow_mut();
+            state.current = owner;
+            state.last_owner = owner;
+        }
+        let used = owner
+            .and_then(|number| self.cpu_used.get(&number).copied())
+            .unwrap_or_default();
+        let allowed = Duration::from_millis(self.limits.cpu_ms).saturating_sub(used);
+        let started = thread_cpu_time();
+        let deadline = started + allowed;
+        self.budget.deadline.set(Some(deadline));
+
+        let budget = &self.budget;
+        let host = &self.host;
+        let state = &self.state;
+        self.context.with(|ctx| {
+            let result = host
+                .clone()
+                .restore(&ctx)
+                .and_then(|host| call(&ctx, &host));
+            if let Err(error) = result {
+                if !budget.exceeded.get() {
+                    let state = state.borrow();
+                    let description = state.source_maps.remap(&describe_error(&ctx, error));
+                    tracing::error!(
+                        worker = %state.worker,
+                        request_id = %state.request_id(owner),
+                        error = %description,
+                        "uncaught exception in the worker"
+                    );
+                }
+            }
+            let mut jobs: u64 = 0;
+            while !budget.exceeded.get() && ctx.execute_pending_job() {
+                jobs += 1;
+                // Cheap jobs may finish before QuickJS polls the interrupt handler.
+                if jobs.is_multiple_of(1024) && thread_cpu_time() > deadline {
+                    budget.exceeded.set(true);
+                }
+            }
+        });
+
+        let spent = thread_cpu_time().saturating_sub(started);
+        self.budget.deadline.set(None);
+        let mut state = self.state.borrow_mut();
+        state.current = None;
+        if let Some(number) = owner {
+            if state.replies.contains_key(&number) {
+                *self.cpu_used.entry(number).or_default() += spent;
+            } else {
+                self.cpu_used.remove(&number);
+                state.request_ids.remove(&number);
+            }
+        }
+    }
+
+    /// Checks the limits after a turn; on a breach, fails the requests in flight and returns
+    /// true so the caller discards the isolate.
+    fn discard_if_breached(&mut self) -> bool {
+        let breach = if self.budget.exceeded.get() {
+            Some((None, Limit::Cpu))
+        } else if let Some(breach) = self.state.borrow_mut().breach.take() {
+            Some(breach)
+        } else if self.memory_exhausted() {
+            Some((None, Limit::Memory))
+        } else {
+            None
+        };
+        let Some((culprit, limit)) = breach else {
+            return false;
+        };
+        let culprit = culprit.or(self.last_owner());
+
+        let mut state = self.state.borrow_mut();
+        let value = match limit {
+            Limit::Cpu => format!("{} ms", self.limits.cpu_ms),
+            Limit::Memory => format!("{} bytes", self.limits.memory_bytes),
+            Limit::Stack => format!("{} bytes", self.limits.stack_bytes),
+        };
+        tracing::error!(
+            worker = %state.worker,
+            request_id = %state.request_id(culprit),
+            limit = limit.name(),
+            limit_value = %value,
+            "request exceeded the worker's {} limit; discarding the isolate",
+            limit.name()
+        );
+        state.fail_all(|number| {
+            if Some(number) == culprit {
+                WorkerError::LimitExceeded(limit)
+            } else {
+                WorkerError::Discarded(limit)
+            }
+        });
+        true
+    }
+
+    fn last_owner(&self) -> Option<u64> {
+        self.state.borrow().last_owner
+    }
+
+    /// True when the heap stays above 90% of the memory limit even after garbage collection.
+    fn memory_exhausted(&self) -> bool {
+        let threshold = (self.limits.memory_bytes / 10 * 9) as i64;
+        if self.runtime.memory_usage().malloc_size < threshold {
+            return false;
+        }
+        self.runtime.run_gc();
+        self.runtime.memory_usage().malloc_size >= threshold
+    }
+}
+
+/// Evaluates the prelude and the worker's main module, and hands the module's exports to the
+/// prelude. Returns the prelude's host entry points.
+fn load_worker(
+    ctx: &Ctx<'_>,
+    spec: &WorkerSpec,
+    state: &SharedState,
+) -> Result<Persistent<Object<'static>>, StartError> {
+    let internal = |ctx: &Ctx<'_>, error: rquickjs::Error| {
+        StartError(format!(
+            "failed to set up the worker's globals: {}",
+            describe_error(ctx, error)
+        ))
+    };
+    let native = host::native_object(ctx, state).map_err(|err| internal(ctx, err))?;
+    let prelude = bytecode::declare_builtin(ctx, "kiln:prelude", PRELUDE)
+        .map_err(|err| internal(ctx, err))?;
+    let (prelude, _) = prelude.eval().map_err(|err| internal(ctx, err))?;
+    let factory: Function = prelude.get("default").map_err(|err| internal(ctx, err))?;
+    let host: Object = factory.call((native,)).map_err(|err| internal(ctx, err))?;
+
+    let resolver = WorkerResolver::new(&spec.root);
+    let main = resolver
+        .module_name(&spec.root.join(&spec.main))
+        .map_err(StartError)?;
+    let source_maps = state.borrow().source_maps.clone();
+    let module_error = |ctx: &Ctx<'_>, error: rquickjs::Error| {
+        let description = source_maps.remap(&describe_error(ctx, error));
+        StartError(locate_error(&spec.root, &description))
+    };
+    let declared = match bytecode::declare(ctx, &spec.root, &main, &source_maps) {
+        Ok(module) => module,
+        Err(DeclareError::Source(error)) => return Err(StartError(error.to_string())),
+        Err(DeclareError::Engine(error)) => return Err(module_error(ctx, error)),
+    };
+    let (module, evaluated) = declared.eval().map_err(|err| module_error(ctx, err))?;
+    while ctx.execute_pending_job() {}
+    match evaluated.state() {
+        PromiseState::Resolved => {}
+        PromiseState::Rejected => {
+            let error = evaluated
+                .result::<Value>()
+                .and_then(Result::err)
+                .unwrap_or(rquickjs::Error::Exception);
+            return Err(module_error(ctx, error));
+        }
+        PromiseState::Pending => {
+            return Err(StartError(format!(
+                "{main}: the module's top-level await never settled"
+            )))
+        }
+    }
+
+    let exports = module.namespace().map_err(|err| module_error(ctx, err))?;
+    let vars = serde_json::Value::Object(spec.vars.clone()).to_string();
+    let init: Function = host.get("init").map_err(|err| internal(ctx, err))?;
+    init.call::<_, ()>((exports, vars, spec.ai_binding.clone()))
+        .map_err(|err| StartError(format!("{main}: {}", describe_error(ctx, err))))?;
+    Ok(Persistent::save(ctx, host))
+}
+
+/// Describes a QuickJS error: for a JavaScript exception, `Name: message` and the stack.
+pub(crate) fn describe_error(ctx: &Ctx<'_>, error: rquickjs::Error) -> String {
+    if !matches!(error, rquickjs::Error::Exception) {
+        return error.to_string();
+    }
+    let value = ctx.catch();
+    if let Some(exception) = value.as_exception() {
+        let name: String = exception
+            .get::<_, Option<String>>("name")
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| "Error".into());
+        let message = exception.message().unwrap_or_default();
+        let stack = exception.stack().unwrap_or_default();
+        return format!("{name}: {message}\n{}", stack.trim_end());
+    }
+    value
+        .as_string()
+        .and_then(|text| text.to_string().ok())
+        .unwrap_or_else(|| format!("{value:?}"))
+}
+
+/// Puts the first `file:line:column` of a QuickJS stack in front of the message, followed by
+/// that source line, so editors and terminals can jump to it.
+fn locate_error(root: &std::path::Path, description: &str) -> String {
+    let location = description.lines().find_map(|line| {
+        let frame = line.trim().strip_prefix("at ")?;
+        let frame = frame
+            .rsplit_once('(')
+            .map_or(frame, |(_, inner)| inner.trim_end_matches(')'));
+        let mut parts = frame.rsplitn(3, ':');
+        let column: usize = parts.next()?.parse().ok()?;
+        let line: usize = parts.next()?.parse().ok()?;
+        let file = parts.next()?;
+        (!file.starts_with("kiln:")).then(|| (file.to_owned(), line, column))
+    });
+    let Some((file, line, column)) = location else {
+        return description.to_owned();
+    };
+    let source_line = std::fs::read_to_string(root.join(&file))
+        .ok()
+        .and_then(|text| text.lines().nth(line.saturating_sub(1)).map(str::to_owned))
+        .unwrap_or_default();
+    let first = description.lines().next().unwrap_or("");
+    format!("{file}:{line}:{column}: {first}\n    {source_line}\n{description}")
+}

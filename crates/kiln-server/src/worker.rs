@@ -1,0 +1,267 @@
+//! Requests served by a JavaScript worker, and the `env.AI` binding over the inference service.
+
+use std::sync::{Arc, RwLock};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use futures::future::BoxFuture;
+use futures::stream::{self, BoxStream, StreamExt};
+use kiln_inference::{sse_event, InferenceService, Output, StreamItem, SSE_DONE};
+use kiln_runtime::{
+    AiBinding, AiError, AiOutput, ResponseBody, Worker, WorkerError, WorkerRequest,
+};
+use serde_json::{json, Value};
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::{errors, log_request, RequestId};
+
+/// The worker that serves requests, replaced in place when `kiln dev` reloads the folder.
+#[derive(Default)]
+pub struct WorkerSlot {
+    current: RwLock<Option<Result<Worker, String>>>,
+}
+
+impl WorkerSlot {
+    /// Makes `worker` serve every following request.
+    pub fn set(&self, worker: Worker) {
+        if let Ok(mut current) = self.current.write() {
+            *current = Some(Ok(worker));
+        }
+    }
+
+    /// Records that the worker failed to load, unless an earlier version is serving: requests
+    /// then get 500 with `error` until a later [`WorkerSlot::set`].
+    pub fn set_error_if_empty(&self, error: String) {
+        if let Ok(mut current) = self.current.write() {
+            if !matches!(*current, Some(Ok(_))) {
+                *current = Some(Err(error));
+            }
+        }
+    }
+
+    fn get(&self) -> Result<Worker, String> {
+        match self.current.read() {
+            Ok(current) => match current.as_ref() {
+                Some(Ok(worker)) => Ok(worker.clone()),
+                Some(Err(error)) => Err(error.clone()),
+                None => Err("no worker is loaded yet".into()),
+            },
+            Err(_) => Err("the worker slot lock is poisoned".into()),
+        }
+    }
+}
+
+/// Settings and state of a server whose every request goes to one worker.
+pub struct WorkerState {
+    pub slot: Arc<WorkerSlot>,
+    /// Maximum request body, in bytes.
+    pub max_body_bytes: usize,
+    /// `request.cf.colo`.
+    pub colo: String,
+    /// Header whose value becomes `request.cf.country`, set by a trusted proxy.
+    pub country_header: Option<String>,
+    /// Send exception messages and stacks to the client, as a development server does.
+    pub expose_errors: bool,
+}
+
+/// Builds a router that sends every path and method to the worker in `state.slot`.
+pub fn worker_router(state: Arc<WorkerState>) -> Router {
+    Router::new()
+        .fallback(handle)
+        .layer(axum::middleware::from_fn(log_request))
+        .layer(CatchPanicLayer::custom(errors::panic_response))
+        .with_state(state)
+}
+
+/// Serves the worker in `state.slot` on every path until `shutdown` completes.
+pub async fn serve_worker(
+    listener: tokio::net::TcpListener,
+    state: Arc<WorkerState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, worker_router(state).into_make_service())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn handle(State(state): State<Arc<WorkerState>>, request: Request) -> Response {
+    let worker = match state.slot.get() {
+        Ok(worker) => worker,
+        Err(error) => return plain(StatusCode::INTERNAL_SERVER_ERROR, error),
+    };
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, state.max_body_bytes).await {
+        Ok(body) => body,
+        Err(_) => {
+            return plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body is over the node's limit of {} bytes \
+                     (limits.max_body_bytes in kiln.toml)",
+                    state.max_body_bytes
+                ),
+            )
+        }
+    };
+    let request_id = parts
+        .extensions
+        .get::<RequestId>()
+        .map(|id| id.0.clone())
+        .unwrap_or_default();
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("localhost");
+    let path = parts.uri.path_and_query().map_or("/", |path| path.as_str());
+    let request = WorkerRequest {
+        id: request_id,
+        method: parts.method.to_string(),
+        url: format!("http://{host}{path}"),
+        headers: parts
+            .headers
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+            })
+            .collect(),
+        body,
+        cf: request_cf(&state, &parts.headers, parts.version),
+    };
+
+    match worker.fetch(request).await {
+        Ok(response) => into_http(response, worker),
+        Err(error) => worker_error(&state, &error),
+    }
+}
+
+/// Builds `request.cf` from the fields a self-hosted node can fill in.
+fn request_cf(state: &WorkerState, headers: &HeaderMap, version: axum::http::Version) -> Value {
+    let mut cf = json!({
+        "colo": state.colo,
+        "httpProtocol": format!("{version:?}"),
+        "clientAcceptEncoding": headers
+            .get(header::ACCEPT_ENCODING)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or(""),
+    });
+    let country = state
+        .country_header
+        .as_ref()
+        .and_then(|name| headers.get(name.as_str()))
+        .and_then(|value| value.to_str().ok());
+    if let Some(country) = country {
+        cf["country"] = Value::String(country.to_owned());
+    }
+    cf
+}
+
+/// Converts a worker's response. A streamed body keeps `worker` alive until it ends, so a
+/// reload that replaces the worker does not cut the stream.
+fn into_http(response: kiln_runtime::WorkerResponse, worker: Worker) -> Response {
+    let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::OK);
+    let body = match response.body {
+        ResponseBody::Bytes(bytes) => Body::from(bytes),
+        ResponseBody::Stream(chunks) => {
+            let chunks = stream::unfold((chunks, worker), |(mut chunks, worker)| async move {
+                let chunk = chunks.recv().await?;
+                Some((chunk.map_err(std::io::Error::other), (chunks, worker)))
+            });
+            Body::from_stream(chunks)
+        }
+    };
+    let mut http = Response::new(body);
+    *http.status_mut() = status;
+    for (name, value) in response.headers {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) else {
+            continue;
+        };
+        http.headers_mut().append(name, value);
+    }
+    http
+}
+
+fn worker_error(state: &WorkerState, error: &WorkerError) -> Response {
+    let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let text = match error {
+        WorkerError::Exception { message, stack } if state.expose_errors => {
+            format!("{message}\n{stack}")
+        }
+        WorkerError::Exception { .. } => "the worker threw an exception".to_owned(),
+        other => other.to_string(),
+    };
+    plain(status, text)
+}
+
+fn plain(status: StatusCode, text: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain;charset=UTF-8")],
+        text,
+    )
+        .into_response()
+}
+
+/// The `[ai]` binding over the node's inference service: the same model resolution, schemas
+/// and errors as `POST /ai/run/{model}`.
+pub struct InferenceAi {
+    pub inference: Arc<InferenceService>,
+}
+
+impl AiBinding for InferenceAi {
+    fn run(
+        &self,
+        model: String,
+        inputs: Value,
+        _options: Value,
+    ) -> BoxFuture<'static, Result<AiOutput, AiError>> {
+        let inference = Arc::clone(&self.inference);
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let run = inference.run(&model, inputs).await.map_err(|error| {
+                tracing::info!(model = %model, code = error.code(), error = %error.message, "env.AI.run failed");
+                AiError {
+                    name: error.name().to_owned(),
+                    code: error.code(),
+                    description: error.message.clone(),
+                }
+            })?;
+            tracing::info!(
+                model = %model,
+                ran = %run.model,
+                ms = started.elapsed().as_secs_f64() * 1000.0,
+                "env.AI.run"
+            );
+            Ok(match run.output {
+                Output::Json(value) => AiOutput::Json(value),
+                Output::TextStream(text) => AiOutput::Stream(sse_bytes(text)),
+            })
+        })
+    }
+}
+
+/// Formats a generation as server-sent event bytes that end with `data: [DONE]`, as the REST
+/// route sends them. Dropping the stream drops the generation, which stops it.
+fn sse_bytes(text: kiln_inference::TextStream) -> BoxStream<'static, Result<Bytes, String>> {
+    stream::unfold(Some(text), |state| async move {
+        let mut text = state?;
+        let chunk = match text.next().await {
+            Some(item @ StreamItem::Error(_)) => {
+                if let StreamItem::Error(error) = &item {
+                    tracing::error!(error = %error.message, "generation failed mid-stream");
+                }
+                return Some((Ok(Bytes::from(sse_event(&item) + SSE_DONE)), None));
+            }
+            Some(item) => sse_event(&item),
+            None => return Some((Ok(Bytes::from_static(SSE_DONE.as_bytes())), None)),
+        };
+        Some((Ok(Bytes::from(chunk)), Some(text)))
+    })
+    .boxed()
+}

@@ -1,0 +1,225 @@
+//! `kiln dev DIR`: serve one worker folder on every path with the installed models, and reload
+//! it when its files change.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use kiln_config::{LogFormat, NodeConfig, WorkerConfig};
+use kiln_inference::InferenceService;
+use kiln_models::ModelStore;
+use kiln_runtime::{Limits, Services, Worker, WorkerSpec};
+use kiln_server::{InferenceAi, WorkerSlot, WorkerState};
+
+use crate::NodePaths;
+
+/// How often the worker folder is scanned for changes.
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+#[derive(clap::Args)]
+pub struct DevArgs {
+    /// Worker folder: contains wrangler.toml (or kiln.toml) and the modules it names.
+    #[arg(value_name = "DIR")]
+    dir: PathBuf,
+    #[command(flatten)]
+    paths: NodePaths,
+    /// Socket address to listen on. Default: 127.0.0.1:8787.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Log format: pretty (default) or json (one object per line).
+    #[arg(long, value_name = "FORMAT", value_parser = crate::serve::parse_log_format)]
+    log_format: Option<LogFormat>,
+}
+
+pub fn run(args: DevArgs) -> anyhow::Result<()> {
+    let config = args.paths.load_config()?;
+    crate::logging::init(args.log_format.unwrap_or(LogFormat::Pretty));
+    let dir = args
+        .dir
+        .canonicalize()
+        .with_context(|| format!("worker folder {} not found", args.dir.display()))?;
+    let listen = args.listen.unwrap_or(
+        kiln_config::DEFAULT_LISTEN
+            .parse()
+            .expect("the default listen address is valid"),
+    );
+
+    let models_dir = args.paths.models_dir(&config)?;
+    let store = ModelStore::open(&models_dir)
+        .with_context(|| format!("failed to open the models folder {}", models_dir.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    runtime.block_on(serve(config, store, dir, listen))
+}
+
+async fn serve(
+    config: NodeConfig,
+    store: ModelStore,
+    dir: PathBuf,
+    listen: SocketAddr,
+) -> anyhow::Result<()> {
+    let inference = Arc::new(InferenceService::new(
+        store,
+        crate::serve::service_options(&config),
+    ));
+    let services = Services {
+        ai: Some(Arc::new(InferenceAi { inference })),
+        tokio: tokio::runtime::Handle::current(),
+    };
+    let slot = Arc::new(WorkerSlot::default());
+    let state = Arc::new(WorkerState {
+        slot: Arc::clone(&slot),
+        max_body_bytes: config.limits.max_body_bytes,
+        colo: config.workers.colo.clone(),
+        country_header: config.workers.country_header.clone(),
+        expose_errors: true,
+    });
+
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("failed to listen on {listen}"))?;
+    let address = listener.local_addr()?;
+
+    let loader = Loader {
+        dir: dir.clone(),
+        config: config.clone(),
+        services,
+        slot,
+    };
+    let first = tokio::task::spawn_blocking({
+        let loader = loader.clone();
+        move || loader.load()
+    })
+    .await
+    .context("the worker load task failed")?;
+    if first.is_err() {
+        tracing::warn!("serving the load error until the worker folder changes");
+    }
+    std::thread::Builder::new()
+        .name("kiln-dev-watch".into())
+        .spawn(move || watch(loader))
+        .context("failed to start the file watcher")?;
+
+    tracing::info!(
+        address = %address,
+        dir = %dir.display(),
+        "kiln dev listening on http://{address}"
+    );
+    kiln_server::serve_worker(listener, state, crate::serve::shutdown_signal())
+        .await
+        .context("the HTTP server failed")?;
+    tracing::info!("kiln dev stopped");
+    Ok(())
+}
+
+/// Builds worker versions from the folder and puts them in the slot.
+#[derive(Clone)]
+struct Loader {
+    dir: PathBuf,
+    config: NodeConfig,
+    services: Services,
+    slot: Arc<WorkerSlot>,
+}
+
+impl Loader {
+    /// Loads the folder's worker. On failure the error is printed, and the slot keeps the
+    /// previous version (or serves the error when there is none).
+    fn load(&self) -> Result<(), ()> {
+        let started = Instant::now();
+        match self.start_worker() {
+            Ok(worker) => {
+                tracing::info!(
+                    worker = %worker.name(),
+                    ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "worker loaded"
+                );
+                self.slot.set(worker);
+                Ok(())
+            }
+            Err(error) => {
+                let text = format!("{error:#}");
+                tracing::error!(dir = %self.dir.display(), "worker failed to load:\n{text}");
+                self.slot.set_error_if_empty(text);
+                Err(())
+            }
+        }
+    }
+
+    fn start_worker(&self) -> anyhow::Result<Worker> {
+        let (_, worker) = WorkerConfig::load_dir(&self.dir)?;
+        let main = worker.main.to_string_lossy().into_owned();
+        if !self.dir.join(&main).is_file() {
+            anyhow::bail!(
+                "the main module {main} named in the worker configuration does not exist in {}",
+                self.dir.display()
+            );
+        }
+        let workers = &self.config.workers;
+        let spec = WorkerSpec {
+            name: worker.name.clone(),
+            root: self.dir.clone(),
+            main,
+            vars: worker.vars_json(),
+            ai_binding: worker.ai.as_ref().map(|ai| ai.binding.clone()),
+            limits: Limits {
+                cpu_ms: worker.limits.cpu_ms.unwrap_or(workers.cpu_ms),
+                memory_bytes: (workers.memory_mib as usize).saturating_mul(1024 * 1024),
+                ..Limits::default()
+            },
+        };
+        Ok(Worker::start(spec, self.services.clone())?)
+    }
+}
+
+/// Modification time and size of every file that can change the worker.
+type Snapshot = BTreeMap<PathBuf, (Option<SystemTime>, u64)>;
+
+/// Scans the folder every [`POLL_INTERVAL`] and reloads the worker when a file changes.
+fn watch(loader: Loader) {
+    let mut last = snapshot(&loader.dir);
+    loop {
+        std::thread::sleep(POLL_INTERVAL);
+        let current = snapshot(&loader.dir);
+        if current == last {
+            continue;
+        }
+        // Editors write a file in several steps; wait until the folder is quiet.
+        std::thread::sleep(Duration::from_millis(50));
+        last = snapshot(&loader.dir);
+        tracing::info!(dir = %loader.dir.display(), "change detected, reloading the worker");
+        let _ = loader.load();
+    }
+}
+
+fn snapshot(dir: &Path) -> Snapshot {
+    let mut files = Snapshot::new();
+    collect(dir, &mut files, 0);
+    files
+}
+
+fn collect(dir: &Path, files: &mut Snapshot, depth: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let Ok(metadata) = entry.metadata() else {
+            continue;
+        };
+        if metadata.is_dir() {
+            // Packages change only through npm, which rewrites package-lock.json at the top.
+            if depth < 8 && !name.starts_with('.') && name != "node_modules" {
+                collect(&path, files, depth + 1);
+            }
+        } else {
+            files.insert(path, (metadata.modified().ok(), metadata.len()));
+        }
+    }
+}

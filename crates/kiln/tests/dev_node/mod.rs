@@ -1,0 +1,159 @@
+//! A real `kiln dev DIR` process on a free loopback port, for end-to-end tests of workers.
+
+// Each test binary includes this module and uses only part of it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Returns the folder of a test worker under `tests/workers`.
+pub fn worker_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/workers")
+        .join(name)
+}
+
+pub struct DevNode {
+    child: Child,
+    pub base: String,
+    /// Everything the node wrote to stderr (its JSON log) so far.
+    log: Arc<Mutex<String>>,
+    _home: tempfile::TempDir,
+}
+
+impl DevNode {
+    /// Runs `kiln dev DIR` with the bundled models and `config` as the node's kiln.toml, and
+    /// waits until the worker has loaded (or failed to load) and the server listens.
+    ///
+    /// Each model gets one llama.cpp thread and OpenMP threads sleep while idle, because the
+    /// tests run several nodes at once and spinning threads on few cores slow every node down.
+    pub fn start(dir: &Path, config: &str) -> DevNode {
+        let home = tempfile::tempdir().expect("temp dir");
+        let config_path = home.path().join("kiln.toml");
+        let config = if config.contains("[llama]") {
+            config.to_owned()
+        } else {
+            format!("{config}\n[llama]\nthreads = 1\n")
+        };
+        std::fs::write(&config_path, config).expect("write kiln.toml");
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("dev")
+            .arg(dir)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--log-format", "json"])
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--models-dir")
+            .arg(crate::common::models_dir())
+            .env("KILN_HOME", home.path())
+            .env_remove("KILN_MODELS_DIR")
+            .env_remove("KILN_DATA_DIR")
+            .env_remove("RUST_LOG")
+            .env("OMP_WAIT_POLICY", "PASSIVE")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the kiln binary");
+
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().expect("log lock");
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+
+        let node = DevNode {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+            _home: home,
+        };
+        node.wait_for_log("kiln dev listening", Duration::from_secs(60));
+        node
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn client(&self) -> reqwest::blocking::Client {
+        reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(300))
+            .build()
+            .expect("HTTP client")
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    /// Parses the log into JSON objects, one per line.
+    pub fn log_lines(&self) -> Vec<Value> {
+        self.log_text()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
+    /// Waits until the log contains `text`; panics with the log after `limit`.
+    pub fn wait_for_log(&self, text: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.log_text().contains(text) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "the log never contained {text:?} within {limit:?}; log:\n{}",
+            self.log_text()
+        );
+    }
+}
+
+impl Drop for DevNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("bind a free port")
+}
+
+/// Copies a folder (without `node_modules`) into a fresh temporary folder that tests may edit.
+pub fn copy_worker(source: &Path) -> tempfile::TempDir {
+    let target = tempfile::tempdir().expect("temp dir");
+    copy_tree(source, target.path());
+    target
+}
+
+fn copy_tree(source: &Path, target: &Path) {
+    std::fs::create_dir_all(target).expect("create folder");
+    for entry in std::fs::read_dir(source).expect("read folder") {
+        let entry = entry.expect("folder entry");
+        let path = entry.path();
+        if entry.file_type().expect("file type").is_dir() {
+            if entry.file_name() != "node_modules" {
+                copy_tree(&path, &target.join(entry.file_name()));
+            }
+        } else {
+            std::fs::copy(&path, target.join(entry.file_name())).expect("copy file");
+        }
+    }
+}

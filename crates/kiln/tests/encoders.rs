@@ -1,0 +1,257 @@
+//! End-to-end embeddings, text classification and image classification through the real
+//! binary, the bundled models and ONNX Runtime (ORT_DYLIB_PATH, set by scripts/test.sh).
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::Node;
+use reqwest::blocking::Response;
+use serde_json::{json, Value};
+
+const EMBEDDING_MODEL: &str = "all-minilm-l6-v2";
+const HOSTED_EMBEDDING_ID: &str = "@cf/baai/bge-base-en-v1.5";
+const HOSTED_SENTIMENT_ID: &str = "@cf/huggingface/distilbert-sst-2-int8";
+const HOSTED_IMAGE_ID: &str = "@cf/microsoft/resnet-50";
+
+fn data_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+fn golden(name: &str) -> Value {
+    let text = std::fs::read_to_string(data_path(name)).expect("golden file");
+    serde_json::from_str(&text).expect("golden JSON")
+}
+
+fn run(node: &Node, model: &str, input: &Value) -> Response {
+    node.client()
+        .post(node.url(&format!("/ai/run/{model}")))
+        .json(input)
+        .send()
+        .expect("request reaches the node")
+}
+
+fn vector(value: &Value) -> Vec<f64> {
+    serde_json::from_value(value.clone()).expect("array of numbers")
+}
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+#[test]
+fn embeddings_match_golden_vectors() {
+    let node = Node::start("");
+    let golden = golden("embeddings_golden.json");
+    let cases = golden["cases"].as_array().expect("cases");
+    for pooling in ["mean", "cls"] {
+        let chosen: Vec<&Value> = cases.iter().filter(|c| c["pooling"] == pooling).collect();
+        let texts: Vec<&Value> = chosen.iter().map(|c| &c["text"]).collect();
+        let response = run(
+            &node,
+            HOSTED_EMBEDDING_ID,
+            &json!({"text": texts, "pooling": pooling}),
+        );
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-kiln-model"], EMBEDDING_MODEL);
+        let body: Value = response.json().expect("JSON body");
+        assert_eq!(body["shape"], json!([chosen.len(), 384]));
+        assert_eq!(body["pooling"], pooling);
+        for (index, case) in chosen.iter().enumerate() {
+            let expected = vector(&case["embedding"]);
+            let actual = vector(&body["data"][index]);
+            let max_error = actual
+                .iter()
+                .zip(&expected)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(max_error < 1e-4, "{}: max error {max_error}", case["text"]);
+            assert_eq!(
+                body["truncated"][index], case["truncated"],
+                "{}",
+                case["text"]
+            );
+        }
+    }
+}
+
+#[test]
+fn embeddings_reject_invalid_text() {
+    let node = Node::start("");
+    let too_many: Vec<String> = (0..101).map(|i| format!("text {i}")).collect();
+    let cases = [
+        (json!({"text": too_many}), "maximum of 100"),
+        (json!({"text": ["ok", ""]}), "`text[1]`"),
+        (json!({"text": "ok", "pooling": "max"}), "`pooling`"),
+    ];
+    for (input, expected) in cases {
+        let response = run(&node, EMBEDDING_MODEL, &input);
+        assert_eq!(response.status(), 400, "{input}");
+        let body: Value = response.json().expect("JSON body");
+        let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(expected), "{input}: {message}");
+    }
+}
+
+#[test]
+fn similar_sentences_score_higher() {
+    let node = Node::start("");
+    let texts = [
+        "A man is playing a guitar.",
+        "Someone plays an acoustic guitar on stage.",
+        "The stock market fell sharply on Monday.",
+    ];
+    let response = run(&node, EMBEDDING_MODEL, &json!({ "text": texts }));
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().expect("JSON body");
+    let vectors: Vec<Vec<f64>> = (0..3).map(|i| vector(&body["data"][i])).collect();
+    let similar = cosine(&vectors[0], &vectors[1]);
+    let unrelated = cosine(&vectors[0], &vectors[2]);
+    assert!(
+        similar > unrelated + 0.2,
+        "similar {similar}, unrelated {unrelated}"
+    );
+}
+
+#[test]
+fn concurrent_embeddings_share_forward_passes() {
+    let node = Node::start("[batching]\nmax_wait_ms = 20\n");
+    // Load the model first, so the concurrent requests do not wait on the load one by one.
+    assert_eq!(
+        run(&node, EMBEDDING_MODEL, &json!({"text": "warm up"})).status(),
+        200
+    );
+    let passes_before = forward_passes(&node);
+
+    let threads: Vec<_> = (0..32)
+        .map(|i| {
+            let client = node.client();
+            let url = node.url(&format!("/ai/run/{EMBEDDING_MODEL}"));
+            std::thread::spawn(move || {
+                let input = json!({"text": format!("Sentence number {i} about batching.")});
+                client
+                    .post(url)
+                    .json(&input)
+                    .send()
+                    .expect("request")
+                    .status()
+            })
+        })
+        .collect();
+    for thread in threads {
+        assert_eq!(thread.join().expect("request thread"), 200);
+    }
+
+    let passes = forward_passes(&node) - passes_before;
+    assert!(passes >= 1);
+    assert!(passes < 32, "32 requests ran in {passes} forward passes");
+}
+
+/// Reads `kiln_batch_forward_passes_total` of the embedding model from `GET /metrics`.
+fn forward_passes(node: &Node) -> u64 {
+    let text = node
+        .client()
+        .get(node.url("/metrics"))
+        .send()
+        .expect("metrics")
+        .text()
+        .expect("metrics text");
+    let prefix = format!("kiln_batch_forward_passes_total{{model=\"{EMBEDDING_MODEL}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no forward pass counter in:\n{text}"))
+}
+
+#[test]
+fn zero_shot_sentiment_labels_clear_cases() {
+    let node = Node::start("");
+    let cases = [
+        (
+            "I absolutely loved this film, it was wonderful!",
+            "POSITIVE",
+        ),
+        ("This was a terrible, boring waste of money.", "NEGATIVE"),
+    ];
+    for (text, expected) in cases {
+        let response = run(&node, HOSTED_SENTIMENT_ID, &json!({ "text": text }));
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().expect("JSON body");
+        let labels = body.as_array().expect("array of {label, score}");
+        assert_eq!(labels.len(), 2, "{body}");
+        assert_eq!(labels[0]["label"], expected, "{text}: {body}");
+        let total: f64 = labels.iter().map(|l| l["score"].as_f64().unwrap()).sum();
+        assert!((total - 1.0).abs() < 1e-4, "{body}");
+    }
+}
+
+#[test]
+fn image_scores_match_onnxruntime() {
+    let node = Node::start("");
+    let golden = golden("open_nsfw_golden.json");
+    for (index, case) in golden["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .enumerate()
+    {
+        let file = case["file"].as_str().expect("file");
+        let bytes = std::fs::read(data_path(file)).expect("image");
+        // Alternate between the byte-array input and the raw body.
+        let response = if index % 2 == 0 {
+            run(&node, HOSTED_IMAGE_ID, &json!({ "image": bytes }))
+        } else {
+            node.client()
+                .post(node.url(&format!("/ai/run/{HOSTED_IMAGE_ID}")))
+                .header("content-type", "application/octet-stream")
+                .body(bytes)
+                .send()
+                .expect("request")
+        };
+        assert_eq!(response.status(), 200, "{file}");
+        let body: Value = response.json().expect("JSON body");
+        let labels = body.as_array().expect("array of {label, score}");
+        let expected_top = if case["sfw"].as_f64() > case["nsfw"].as_f64() {
+            "sfw"
+        } else {
+            "nsfw"
+        };
+        assert_eq!(labels[0]["label"], expected_top, "{file}");
+        for entry in labels {
+            let label = entry["label"].as_str().expect("label");
+            let expected = case[label].as_f64().expect("golden score");
+            let actual = entry["score"].as_f64().expect("score");
+            assert!(
+                (actual - expected).abs() < 1e-4,
+                "{file} {label}: {actual} vs {expected}"
+            );
+        }
+    }
+}
+
+#[test]
+fn corrupt_images_get_400() {
+    let node = Node::start("");
+    let mut truncated = std::fs::read(data_path("images/shapes.png")).expect("image");
+    truncated.truncate(100);
+    let cases = [
+        (json!({"image": []}), "empty"),
+        (
+            json!({"image": [1, 2, 3, 4, 5, 6, 7, 8]}),
+            "not a JPEG, PNG or WebP",
+        ),
+        (json!({ "image": truncated }), "could not be decoded"),
+        (json!({"image": [300]}), "`image[0]`"),
+    ];
+    for (input, expected) in cases {
+        let response = run(&node, "open-nsfw", &input);
+        assert_eq!(response.status(), 400, "{expected}");
+        let body: Value = response.json().expect("JSON body");
+        let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(expected), "{message}");
+    }
+}
