@@ -96,6 +96,10 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Maximum `max_tokens` a request may ask for.
     pub max_generated_tokens: u32,
+    /// Seconds a client may take to send a request body; slower ones get 408.
+    pub body_timeout_seconds: u64,
+    /// Seconds that in-flight requests get to finish after SIGTERM or SIGINT.
+    pub shutdown_grace_seconds: u64,
 }
 
 impl Default for Limits {
@@ -103,6 +107,8 @@ impl Default for Limits {
         Self {
             max_body_bytes: 10 * 1024 * 1024,
             max_generated_tokens: 4096,
+            body_timeout_seconds: 30,
+            shutdown_grace_seconds: 30,
         }
     }
 }
@@ -243,6 +249,12 @@ impl NodeConfig {
             (
                 llama.batch_tokens >= 1,
                 "llama.batch_tokens must be at least 1",
+            ),
+            // A queue of 0 would be a rendezvous channel, which accepts a request only while
+            // the model thread happens to be waiting, so admissions would depend on timing.
+            (
+                llama.queue_capacity >= 1,
+                "llama.queue_capacity must be at least 1",
             ),
             (
                 self.batching.max_batch_size >= 1,

@@ -134,7 +134,10 @@ pub enum EngineError {
     },
     #[error("the prompt is empty after tokenization")]
     EmptyPrompt,
-    #[error("the model's request queue is full ({capacity} requests waiting); retry later")]
+    #[error(
+        "the model's request queue is full ({capacity} requests waiting); retry later, or raise \
+         llama.queue_capacity or llama.parallel_sequences in kiln.toml"
+    )]
     QueueFull { capacity: usize },
     #[error("the model's worker thread has stopped")]
     WorkerStopped,

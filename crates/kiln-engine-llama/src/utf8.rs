@@ -39,11 +39,12 @@ impl Utf8Buffer {
         }
     }
 
-    /// Returns what is left at the end of generation, with an incomplete character replaced.
+    /// Discards an incomplete character left at the end of generation, as happens when
+    /// `max_tokens` cuts a multi-byte character between its tokens. Returns nothing, because
+    /// `push` already released every complete character.
     pub fn finish(&mut self) -> String {
-        let rest = String::from_utf8_lossy(&self.pending).into_owned();
         self.pending.clear();
-        rest
+        String::new()
     }
 }
 
@@ -68,9 +69,9 @@ mod tests {
     }
 
     #[test]
-    fn unfinished_character_at_end_is_replaced() {
+    fn unfinished_character_at_end_is_dropped() {
         let mut buffer = Utf8Buffer::default();
-        assert_eq!(buffer.push(&"é".as_bytes()[..1]), "");
-        assert_eq!(buffer.finish(), "\u{fffd}");
+        assert_eq!(buffer.push(&"aé".as_bytes()[..2]), "a");
+        assert_eq!(buffer.finish(), "");
     }
 }

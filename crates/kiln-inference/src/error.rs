@@ -13,6 +13,8 @@ pub enum ErrorKind {
     ModelUnavailable,
     /// The model's queue is full (code 3040, HTTP 429).
     OutOfCapacity,
+    /// The client sent the request too slowly (code 3007, HTTP 408).
+    Timeout,
     /// A bug in Kiln (code 3001, HTTP 500).
     Internal,
 }
@@ -66,6 +68,7 @@ impl InferenceError {
             ErrorKind::RequestTooLarge => 3006,
             ErrorKind::ModelUnavailable => 7009,
             ErrorKind::OutOfCapacity => 3040,
+            ErrorKind::Timeout => 3007,
             ErrorKind::Internal => 3001,
         }
     }
@@ -76,6 +79,7 @@ impl InferenceError {
             ErrorKind::RequestTooLarge => 413,
             ErrorKind::ModelUnavailable => 503,
             ErrorKind::OutOfCapacity => 429,
+            ErrorKind::Timeout => 408,
             ErrorKind::Internal => 500,
         }
     }
@@ -88,6 +92,7 @@ impl InferenceError {
             ErrorKind::RequestTooLarge => "RequestTooLarge",
             ErrorKind::ModelUnavailable => "ModelUnavailable",
             ErrorKind::OutOfCapacity => "OutOfCapacity",
+            ErrorKind::Timeout => "Timeout",
             ErrorKind::Internal => "InternalError",
         }
     }

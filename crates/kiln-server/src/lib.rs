@@ -11,6 +11,7 @@
 //!
 //! [`worker_router`] serves a JavaScript worker on every path instead, as `kiln dev` does.
 
+mod body;
 mod catalog;
 mod errors;
 mod metrics;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub inference: Arc<InferenceService>,
     /// Maximum request body, in bytes.
     pub max_body_bytes: usize,
+    /// Maximum time to receive a request body.
+    pub body_timeout: std::time::Duration,
 }
 
 /// Builds the router with every route, request logging and panic isolation.
@@ -128,15 +131,46 @@ async fn log_request(mut request: Request, next: Next) -> Response {
     response
 }
 
-/// Serves the router until `shutdown` completes, then lets in-flight requests finish.
+/// Serves the router until `shutdown` completes, then lets in-flight requests finish for at
+/// most `grace`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    grace: std::time::Duration,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state).into_make_service())
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_router(listener, router(state), shutdown, grace).await
+}
+
+/// Serves `router` until `shutdown` completes. In-flight requests then get `grace` to finish,
+/// after which the remaining connections are dropped, so a stalled client cannot keep the
+/// process alive.
+pub(crate) async fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    grace: std::time::Duration,
+) -> std::io::Result<()> {
+    let (stopping, mut stopped) = tokio::sync::watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        let _ = stopping.send(true);
+    };
+    let server = axum::serve(listener, router.into_make_service()).with_graceful_shutdown(signal);
+    let deadline = async move {
+        let _ = stopped.wait_for(|stopping| *stopping).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = std::future::IntoFuture::into_future(server) => result,
+        () = deadline => {
+            tracing::warn!(
+                grace_seconds = grace.as_secs(),
+                "shutdown grace period over; dropping the remaining connections"
+            );
+            Ok(())
+        }
+    }
 }
 
 fn json_response(status: axum::http::StatusCode, body: serde_json::Value) -> Response {

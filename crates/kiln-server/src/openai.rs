@@ -19,6 +19,7 @@ use kiln_inference::text_generation::{
 use kiln_inference::{ErrorKind, InferenceError, Output, TextGenerationInput, TextStream};
 use serde_json::{json, Value};
 
+use crate::body::read_body;
 use crate::errors::with_retry_after;
 use crate::sse::sse_response;
 use crate::{json_response, AppState, MODEL_HEADER};
@@ -48,6 +49,7 @@ impl IntoResponse for OpenAiError {
             ErrorKind::RequestTooLarge => (413, "invalid_request_error", Some("request_too_large")),
             ErrorKind::OutOfCapacity => (429, "rate_limit_error", Some("rate_limit_exceeded")),
             ErrorKind::ModelUnavailable => (503, "server_error", Some("model_unavailable")),
+            ErrorKind::Timeout => (408, "invalid_request_error", Some("timeout")),
             ErrorKind::Internal => (500, "server_error", None),
         };
         if status >= 500 {
@@ -78,13 +80,8 @@ fn invalid(message: impl Into<String>) -> OpenAiError {
 }
 
 /// Reads the body as a JSON object.
-async fn read_object(body: Body, limit: usize) -> Result<Fields, OpenAiError> {
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        OpenAiError(InferenceError::new(
-            ErrorKind::RequestTooLarge,
-            format!("the request body is over the node's limit of {limit} bytes"),
-        ))
-    })?;
+async fn read_object(body: Body, state: &AppState) -> Result<Fields, OpenAiError> {
+    let bytes = read_body(body, state.max_body_bytes, state.body_timeout).await?;
     let value: Value = serde_json::from_slice(&bytes)
         .map_err(|err| invalid(format!("the request body is not valid JSON: {err}")))?;
     match value {
@@ -187,7 +184,7 @@ pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     body: Body,
 ) -> Result<Response, OpenAiError> {
-    let fields = read_object(body, state.max_body_bytes).await?;
+    let fields = read_object(body, &state).await?;
     let model = required_model(&fields)?;
     let settings = common_settings(&fields, text_generation::DEFAULT_MAX_TOKENS)?;
     let messages = fields
@@ -265,7 +262,7 @@ pub async fn completions(
     State(state): State<Arc<AppState>>,
     body: Body,
 ) -> Result<Response, OpenAiError> {
-    let fields = read_object(body, state.max_body_bytes).await?;
+    let fields = read_object(body, &state).await?;
     let model = required_model(&fields)?;
     let settings = common_settings(&fields, DEFAULT_COMPLETION_TOKENS)?;
     let prompt = match fields.get("prompt") {
@@ -328,8 +325,16 @@ pub async fn embeddings(
     State(state): State<Arc<AppState>>,
     body: Body,
 ) -> Result<Response, OpenAiError> {
-    let fields = read_object(body, state.max_body_bytes).await?;
+    let fields = read_object(body, &state).await?;
     let model = required_model(&fields)?;
+    let manifest = state.inference.resolve(&model)?;
+    if manifest.task != kiln_models::Task::TextEmbeddings {
+        return Err(invalid(format!(
+            "`model`: {} is a {} model, not a text-embeddings model",
+            manifest.id,
+            manifest.task.display_name()
+        )));
+    }
     let text =
         match fields.get("input") {
             Some(Value::String(text)) => json!(text),

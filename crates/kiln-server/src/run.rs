@@ -1,17 +1,17 @@
 //! `POST /ai/run/{model}` and its v4 twin.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use kiln_inference::{
-    sse_event, ErrorKind, InferenceError, Output, RunOutput, StreamItem, TextStream,
-};
+use kiln_inference::{sse_event, InferenceError, Output, RunOutput, StreamItem, TextStream};
 use serde_json::{json, Value};
 
+use crate::body::read_body;
 use crate::errors::{ApiError, Envelope};
 use crate::sse::sse_response;
 use crate::{json_response, AppState, MODEL_HEADER};
@@ -42,9 +42,9 @@ async fn run(
     envelope: Envelope,
 ) -> Response {
     let input = if is_binary(headers) {
-        read_binary(body, state.max_body_bytes).await
+        read_binary(body, state.max_body_bytes, state.body_timeout).await
     } else {
-        read_json(body, state.max_body_bytes).await
+        read_json(body, state.max_body_bytes, state.body_timeout).await
     };
     let input = match input {
         Ok(input) => input,
@@ -56,16 +56,8 @@ async fn run(
     }
 }
 
-/// An error response; a full queue also gets `Retry-After`, in seconds.
 fn error_response(error: InferenceError, envelope: Envelope) -> Response {
-    let retry = error.kind == ErrorKind::OutOfCapacity;
-    let mut response = ApiError::new(error, envelope).into_response();
-    if retry {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    response
+    ApiError::new(error, envelope).into_response()
 }
 
 /// Whether the body is a raw file (`image/*` or `application/octet-stream`) rather than JSON.
@@ -80,28 +72,16 @@ fn is_binary(headers: &HeaderMap) -> bool {
 }
 
 /// Reads a raw file body as the input `{"image": BASE64}`, which image models accept.
-async fn read_binary(body: Body, limit: usize) -> Result<Value, InferenceError> {
-    let bytes = read_body(body, limit).await?;
+async fn read_binary(body: Body, limit: usize, timeout: Duration) -> Result<Value, InferenceError> {
+    let bytes = read_body(body, limit, timeout).await?;
     let encoded = base64::engine::general_purpose::STANDARD.encode(&bytes);
     Ok(json!({ "image": encoded }))
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, InferenceError> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
-        InferenceError::new(
-            ErrorKind::RequestTooLarge,
-            format!(
-                "Request is too large: the body is over the node's limit of {limit} bytes \
-                 (limits.max_body_bytes in kiln.toml)"
-            ),
-        )
-    })
-}
-
 /// Reads the body as a JSON object and drops the `options` object that may sit beside the
 /// inputs (it carries request options such as `rejectIfBusy`, not model input).
-async fn read_json(body: Body, limit: usize) -> Result<Value, InferenceError> {
-    let bytes = read_body(body, limit).await?;
+async fn read_json(body: Body, limit: usize, timeout: Duration) -> Result<Value, InferenceError> {
+    let bytes = read_body(body, limit, timeout).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(InferenceError::invalid_input(
             "the request body is empty; send the model's input as a JSON object",

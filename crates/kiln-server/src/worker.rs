@@ -81,10 +81,9 @@ pub async fn serve_worker(
     listener: tokio::net::TcpListener,
     state: Arc<WorkerState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    grace: std::time::Duration,
 ) -> std::io::Result<()> {
-    axum::serve(listener, worker_router(state).into_make_service())
-        .with_graceful_shutdown(shutdown)
-        .await
+    crate::serve_router(listener, worker_router(state), shutdown, grace).await
 }
 
 async fn handle(State(state): State<Arc<WorkerState>>, request: Request) -> Response {

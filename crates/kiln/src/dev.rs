@@ -110,9 +110,14 @@ async fn serve(
         dir = %dir.display(),
         "kiln dev listening on http://{address}"
     );
-    kiln_server::serve_worker(listener, state, crate::serve::shutdown_signal())
-        .await
-        .context("the HTTP server failed")?;
+    kiln_server::serve_worker(
+        listener,
+        state,
+        crate::serve::shutdown_signal(),
+        std::time::Duration::from_secs(config.limits.shutdown_grace_seconds),
+    )
+    .await
+    .context("the HTTP server failed")?;
     tracing::info!("kiln dev stopped");
     Ok(())
 }

@@ -74,12 +74,14 @@ pub enum ModelsCommand {
     Verify {
         #[command(flatten)]
         paths: NodePaths,
+        /// Id of the installed model, as `kiln models list` shows it.
         id: String,
     },
     /// Delete an installed model and its files.
     Remove {
         #[command(flatten)]
         paths: NodePaths,
+        /// Id of the installed model, as `kiln models list` shows it.
         id: String,
     },
 }

@@ -90,10 +90,16 @@ async fn serve(
     let state = Arc::new(kiln_server::AppState {
         inference,
         max_body_bytes: config.limits.max_body_bytes,
+        body_timeout: std::time::Duration::from_secs(config.limits.body_timeout_seconds),
     });
-    kiln_server::serve(listener, state, shutdown_signal())
-        .await
-        .context("the HTTP server failed")?;
+    kiln_server::serve(
+        listener,
+        state,
+        shutdown_signal(),
+        std::time::Duration::from_secs(config.limits.shutdown_grace_seconds),
+    )
+    .await
+    .context("the HTTP server failed")?;
     tracing::info!("kiln node stopped");
     Ok(())
 }

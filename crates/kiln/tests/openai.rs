@@ -124,6 +124,16 @@ fn chat_errors_have_openai_shape() {
         assert_eq!(body["error"]["param"], param, "{input}: {body}");
     }
 
+    let (status, body) = post(
+        &node,
+        "/v1/embeddings",
+        &json!({"model": CHAT_MODEL, "input": "x"}).to_string(),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "model", "{body}");
+    let text = body["error"]["message"].as_str().unwrap_or("");
+    assert!(text.contains("not a text-embeddings model"), "{body}");
+
     let unknown = json!({"model": "@cf/nobody/missing", "messages": message});
     let (status, body) = post(&node, chat, &unknown.to_string());
     assert_eq!(status, 404);
@@ -138,10 +148,15 @@ fn chat_errors_have_openai_shape() {
 
 #[test]
 fn full_queue_gets_429() {
-    // One sequence and no queue: while a long generation runs, the next request is rejected.
-    let node = Node::start("[llama]\nparallel_sequences = 1\nqueue_capacity = 0\n");
-    let long = json!({"model": CHAT_MODEL, "stream": true, "max_tokens": 2000, "temperature": 0.9,
-                      "seed": 4, "messages": [{"role": "user", "content": "Tell a long story."}]});
+    // One sequence and a queue of one: while a long generation runs and one request waits,
+    // any further request is rejected.
+    let node = Node::start("[llama]\nparallel_sequences = 1\nqueue_capacity = 1\n");
+    // The schema asks for at least 1000 integers, so the model cannot stop early.
+    let long = json!({"model": CHAT_MODEL, "stream": true, "max_tokens": 3000, "seed": 4,
+                      "messages": [{"role": "user", "content": "List numbers."}],
+                      "response_format": {"type": "json_schema", "json_schema": {"name": "numbers",
+                          "schema": {"type": "array", "items": {"type": "integer"},
+                                     "minItems": 1000}}}});
     let mut busy = node
         .client()
         .post(node.url("/v1/chat/completions"))
@@ -152,22 +167,52 @@ fn full_queue_gets_429() {
     let mut first_bytes = [0u8; 32];
     std::io::Read::read(&mut busy, &mut first_bytes).expect("stream starts");
 
-    let short = json!({"model": CHAT_MODEL, "max_tokens": 4,
-                       "messages": [{"role": "user", "content": "hi"}]});
-    let (status, headers, body) =
-        post_with_headers(&node, "/v1/chat/completions", &short.to_string());
-    assert_eq!(status, 429, "{body}");
-    assert_eq!(headers["retry-after"], "1");
-    assert_openai_error(&body, "rate_limit_error");
-
-    let (status, headers, body) = post_with_headers(
-        &node,
-        &format!("/ai/run/{CHAT_MODEL}"),
-        r#"{"prompt": "hi"}"#,
+    // Two more requests race for the one queue place; the loser gets 429 at once, and the
+    // winner waits until the client gives up.
+    let paths = [
+        "/v1/chat/completions".to_string(),
+        format!("/ai/run/{CHAT_MODEL}"),
+    ];
+    let bodies = [
+        json!({"model": CHAT_MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}),
+        json!({"prompt": "hi", "max_tokens": 4}),
+    ];
+    let attempts: Vec<_> = paths
+        .into_iter()
+        .zip(bodies)
+        .map(|(path, body)| {
+            let url = node.url(&path);
+            std::thread::spawn(move || {
+                let client = reqwest::blocking::Client::builder()
+                    .timeout(std::time::Duration::from_secs(20))
+                    .build()
+                    .expect("HTTP client");
+                let response = client.post(url).json(&body).send().ok()?;
+                let status = response.status().as_u16();
+                let retry_after = response.headers().get("retry-after").cloned();
+                let body: Value = response.json().ok()?;
+                Some((path, status, retry_after, body))
+            })
+        })
+        .collect();
+    let rejected: Vec<_> = attempts
+        .into_iter()
+        .filter_map(|attempt| attempt.join().expect("request thread"))
+        .filter(|(_, status, _, _)| *status == 429)
+        .collect();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    let (path, _, retry_after, body) = &rejected[0];
+    assert_eq!(
+        retry_after
+            .as_ref()
+            .map(|value| value.to_str().unwrap_or("")),
+        Some("1")
     );
-    assert_eq!(status, 429, "{body}");
-    assert_eq!(headers["retry-after"], "1");
-    assert_eq!(body["internalCode"], 3040);
+    if path.starts_with("/v1/") {
+        assert_openai_error(body, "rate_limit_error");
+    } else {
+        assert_eq!(body["internalCode"], 3040, "{body}");
+    }
 }
 
 #[test]

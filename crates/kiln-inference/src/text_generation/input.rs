@@ -98,10 +98,16 @@ pub fn parse_response_format(value: &Value, field: &str) -> Result<ResponseForma
                     "`{field}.json_schema` must be a JSON Schema object"
                 )));
             };
-            let schema = schema
-                .get("schema")
-                .filter(|inner| inner.is_object())
-                .unwrap_or(schema);
+            let schema = match schema.get("schema") {
+                None => schema,
+                Some(inner @ Value::Object(_)) => inner,
+                Some(other) => {
+                    return Err(InferenceError::invalid_input(format!(
+                        "`{field}.json_schema.schema` must be a JSON Schema object, got {}",
+                        type_name(other)
+                    )))
+                }
+            };
             Ok(ResponseFormat::JsonSchema(schema.clone()))
         }
         Some("text") => Err(InferenceError::invalid_input(format!(
