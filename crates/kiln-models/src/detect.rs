@@ -51,15 +51,24 @@ pub(crate) fn plan_import(
     task: Option<Task>,
 ) -> Result<ImportPlan, StoreError> {
     let metadata = std::fs::metadata(source).at(source)?;
-    if metadata.is_file() {
-        plan_file(source, id, task, metadata.len())
+    let plan = if metadata.is_file() {
+        plan_file(source, id, task, metadata.len())?
     } else if metadata.is_dir() {
-        plan_folder(source, id, task)
+        plan_folder(source, id, task)?
     } else {
-        Err(StoreError::UnsupportedFormat {
+        return Err(StoreError::UnsupportedFormat {
             path: source.to_path_buf(),
-        })
+        });
+    };
+    // Only llama.cpp generates text, so any other format would fail on its first request.
+    if plan.task == Task::TextGeneration && plan.engine != EngineKind::Llama {
+        return Err(StoreError::InvalidOptions(format!(
+            "{} is a {} model, but text generation needs a GGUF file",
+            source.display(),
+            plan.engine
+        )));
     }
+    Ok(plan)
 }
 
 fn plan_file(

@@ -456,15 +456,26 @@ fn pull_folder_without_task_stops_early() {
         "the weights must not be downloaded before the task is known"
     );
 
-    let manifest = hub::pull(
+    // Only GGUF files generate text, so a safetensors folder cannot be a text-generation model.
+    let error = hub::pull(
         &store,
         "org/Causal",
         None,
         Some(Task::TextGeneration),
         &options(&server),
     )
+    .unwrap_err();
+    assert!(error.to_string().contains("needs a GGUF file"), "{error}");
+
+    let manifest = hub::pull(
+        &store,
+        "org/Causal",
+        None,
+        Some(Task::TextEmbeddings),
+        &options(&server),
+    )
     .unwrap();
-    assert_eq!(manifest.task, Task::TextGeneration);
+    assert_eq!(manifest.task, Task::TextEmbeddings);
     assert_eq!(manifest.engine, EngineKind::Safetensors);
 }
 

@@ -257,12 +257,21 @@ fn import_safetensors_requires_task() {
     assert!(error.to_string().contains("--task"), "{error}");
     assert_store_empty(&store);
 
+    // Text generation runs only on GGUF files, so this folder cannot be imported for it.
     let options = ImportOptions {
         task: Some(Task::TextGeneration),
         ..ImportOptions::new("llama")
     };
+    let error = store.import(&folder, &options).unwrap_err();
+    assert!(error.to_string().contains("needs a GGUF file"), "{error}");
+    assert_store_empty(&store);
+
+    let options = ImportOptions {
+        task: Some(Task::TextEmbeddings),
+        ..ImportOptions::new("llama")
+    };
     let manifest = store.import(&folder, &options).unwrap();
-    assert_eq!(manifest.task, Task::TextGeneration);
+    assert_eq!(manifest.task, Task::TextEmbeddings);
 }
 
 #[test]
