@@ -48,13 +48,8 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     );
 
     let models_dir = args.paths.models_dir(&config)?;
-    let store = ModelStore::open(&models_dir)
-        .with_context(|| format!("failed to open the models folder {}", models_dir.display()))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("failed to start the async runtime")?;
-    runtime.block_on(serve(config, store, dir, listen))
+    let store = crate::serve::open_store(&models_dir)?;
+    crate::serve::async_runtime()?.block_on(serve(config, store, dir, listen))
 }
 
 async fn serve(

@@ -53,14 +53,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("failed to create the data folder {}", data_dir.display()))?;
-    let store = ModelStore::open(&models_dir)
-        .with_context(|| format!("failed to open the models folder {}", models_dir.display()))?;
+    let store = open_store(&models_dir)?;
+    async_runtime()?.block_on(serve(config, store, models_dir, data_dir))
+}
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+pub(crate) fn open_store(models_dir: &std::path::Path) -> anyhow::Result<ModelStore> {
+    ModelStore::open(models_dir)
+        .with_context(|| format!("failed to open the models folder {}", models_dir.display()))
+}
+
+pub(crate) fn async_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("failed to start the async runtime")?;
-    runtime.block_on(serve(config, store, models_dir, data_dir))
+        .context("failed to start the async runtime")
 }
 
 async fn serve(
