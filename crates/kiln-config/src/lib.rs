@@ -291,12 +291,13 @@ impl NodeConfig {
         }
     }
 
-    /// The models folder: the config's value, else `KILN_MODELS_DIR`, else `$KILN_HOME/models`.
+    /// Returns the models folder: `KILN_MODELS_DIR`, else the config's value, else
+    /// `$KILN_HOME/models`.
     pub fn resolved_models_dir(&self) -> Result<PathBuf, ConfigError> {
         dir_from(&self.models_dir, "KILN_MODELS_DIR", "models")
     }
 
-    /// The data folder: the config's value, else `KILN_DATA_DIR`, else `$KILN_HOME/data`.
+    /// Returns the data folder: `KILN_DATA_DIR`, else the config's value, else `$KILN_HOME/data`.
     pub fn resolved_data_dir(&self) -> Result<PathBuf, ConfigError> {
         dir_from(&self.data_dir, "KILN_DATA_DIR", "data")
     }

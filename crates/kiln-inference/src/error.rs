@@ -5,7 +5,7 @@
 pub enum ErrorKind {
     /// The input does not match the model's schema (code 3010, HTTP 400).
     InvalidInput,
-    /// No installed model answers to the id (code 5007, HTTP 400).
+    /// No installed model matches the id (code 5007, HTTP 400).
     NoSuchModel,
     /// The body is over the node's limit (code 3006, HTTP 413).
     RequestTooLarge,
