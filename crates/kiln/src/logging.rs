@@ -3,9 +3,20 @@
 use kiln_config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber. `RUST_LOG` overrides the default level (`info`).
+/// Installs the global subscriber for a server. `RUST_LOG` overrides the default level (`info`).
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_with_level(format, "info");
+}
+
+/// Installs the subscriber for one-shot commands, which print their results themselves and
+/// show only warnings and errors (such as a skipped broken manifest) unless `RUST_LOG` says more.
+pub fn init_cli() {
+    init_with_level(LogFormat::Pretty, "warn");
+}
+
+fn init_with_level(format: LogFormat, default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

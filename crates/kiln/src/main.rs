@@ -90,7 +90,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Dev(args) => dev::run(args),
-        Command::Models(command) => models::run(command),
+        Command::Models(command) => {
+            logging::init_cli();
+            models::run(command)
+        }
         Command::Bench(BenchCommand::Generate(args)) => bench::run(args),
     };
     match result {

@@ -228,3 +228,29 @@ fn pull_from_local_hub_then_serve() {
         "{body}"
     );
 }
+
+#[test]
+fn list_warns_about_broken_manifest() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let models = home.path().join("models");
+    let gguf = bundled_gguf();
+    let output = kiln(
+        &models,
+        &[
+            "models",
+            "import",
+            gguf.to_str().expect("utf-8 path"),
+            "--id",
+            "chat",
+            "--link",
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    std::fs::write(models.join("chat/manifest.json"), "{broken").expect("corrupt the manifest");
+
+    let output = kiln(&models, &["models", "list"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(message.contains("broken manifest"), "{message}");
+    assert!(message.contains("chat"), "{message}");
+}
