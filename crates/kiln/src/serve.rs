@@ -118,7 +118,13 @@ pub(crate) fn service_options(config: &NodeConfig) -> ServiceOptions {
     ServiceOptions {
         aliases: config.aliases.clone(),
         default_models: config.default_models.clone(),
-        llama: kiln_engine_options(config, threads),
+        llama: kiln_inference::EngineOptions {
+            threads,
+            context_tokens: config.llama.context_tokens,
+            parallel_sequences: config.llama.parallel_sequences,
+            batch_tokens: config.llama.batch_tokens,
+            queue_capacity: config.llama.queue_capacity,
+        },
         max_generated_tokens: config.limits.max_generated_tokens,
         onnx: kiln_inference::OnnxEngineOptions {
             // A missing home folder only matters once an ONNX model loads, and the load
@@ -132,16 +138,6 @@ pub(crate) fn service_options(config: &NodeConfig) -> ServiceOptions {
             max_wait: std::time::Duration::from_millis(config.batching.max_wait_ms),
             queue_capacity: config.batching.queue_capacity,
         },
-    }
-}
-
-fn kiln_engine_options(config: &NodeConfig, threads: u32) -> kiln_inference::EngineOptions {
-    kiln_inference::EngineOptions {
-        threads,
-        context_tokens: config.llama.context_tokens,
-        parallel_sequences: config.llama.parallel_sequences,
-        batch_tokens: config.llama.batch_tokens,
-        queue_capacity: config.llama.queue_capacity,
     }
 }
 
