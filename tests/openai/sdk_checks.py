@@ -130,7 +130,8 @@ def check_tool_call_loop():
     assert choice.finish_reason == "tool_calls", choice
     assert choice.message.content is None, choice.message
     calls = choice.message.tool_calls
-    assert len(calls) == 1 and calls[0].function.name == "get_weather", calls
+    assert len(calls) == 1, calls
+    assert calls[0].function.name == "get_weather", calls
     arguments = json.loads(calls[0].function.arguments)
     assert isinstance(arguments.get("city"), str), arguments
 

@@ -2,8 +2,9 @@
 //!
 //! Each loop step first admits queued requests into free slots. It then builds one llama.cpp
 //! batch from the next token of every decoding sequence plus a chunk of pending prompt tokens,
-//! decodes it, and samples one token for each sequence whose logits were computed. A request therefore joins
-//! between two decode steps and never waits for another to finish.
+//! decodes it, and samples one token for each sequence whose logits were computed. A request
+//! therefore joins between two decode steps as soon as a slot is free, instead of waiting for
+//! the running requests to finish.
 
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 

@@ -60,7 +60,7 @@ impl InferenceError {
         )
     }
 
-    /// The hosted API's internal error code.
+    /// Returns the hosted API's internal error code.
     pub fn code(&self) -> u32 {
         match self.kind {
             ErrorKind::InvalidInput => 3010,

@@ -189,7 +189,7 @@ impl InferenceService {
         text_generation::start(&handle, input).await
     }
 
-    /// The node's cap on `max_tokens`.
+    /// Returns the node's cap on `max_tokens`.
     pub fn max_generated_tokens(&self) -> u32 {
         self.options.max_generated_tokens
     }

@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use kiln_inference::fields::{self, type_name, Fields};
 use kiln_inference::text_generation::{
-    self, parse_tool_definitions, FinishReason, Prompt, SamplingParams, StreamItem, ToolCall,
-    ToolChoice, Usage,
+    self, parse_tool_definitions, usage_json, FinishReason, Prompt, SamplingParams, StreamItem,
+    ToolCall, ToolChoice,
 };
 use kiln_inference::{ErrorKind, InferenceError, Output, TextGenerationInput, TextStream};
 use serde_json::{json, Value};
@@ -123,7 +123,7 @@ fn common_settings(fields: &Fields, default_max_tokens: u32) -> Result<Settings,
         None => rand_seed(),
         Some(value) => value
             .as_i64()
-            .map(|seed| (seed as u64 ^ ((seed as u64) >> 32)) as u32)
+            .map(|seed| text_generation::fold_seed(seed as u64))
             .ok_or_else(|| invalid(format!("`seed` must be an integer, got {value}")))?,
     };
     let stop = match fields.get("stop").filter(|value| !value.is_null()) {
@@ -446,14 +446,6 @@ fn finish_reason(reason: FinishReason, tool_calls: bool) -> &'static str {
     } else {
         reason.as_str()
     }
-}
-
-fn usage_json(usage: &Usage) -> Value {
-    json!({
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens(),
-    })
 }
 
 fn openai_tool_calls(calls: &[ToolCall]) -> Value {

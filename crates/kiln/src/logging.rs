@@ -9,7 +9,7 @@ pub fn init(format: LogFormat) {
 }
 
 /// Installs the subscriber for one-shot commands, which print their results themselves and
-/// show only warnings and errors (such as a skipped broken manifest) unless `RUST_LOG` says more.
+/// show only warnings and errors (such as a skipped broken manifest) unless `RUST_LOG` sets another level.
 pub fn init_cli() {
     init_with_level(LogFormat::Pretty, "warn");
 }

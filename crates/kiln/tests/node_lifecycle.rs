@@ -1,5 +1,5 @@
 //! Slow clients and shutdown: a stalled request body times out, and SIGTERM ends the node
-//! within its grace period even while a client holds a connection open.
+//! within its grace period even while a client keeps a connection open.
 
 mod common;
 

@@ -151,7 +151,7 @@ fn full_queue_gets_429() {
     // One sequence and a queue of one: while a long generation runs and one request waits,
     // any further request is rejected.
     let node = Node::start("[llama]\nparallel_sequences = 1\nqueue_capacity = 1\n");
-    // The schema asks for at least 1000 integers, so the model cannot stop early.
+    // The schema requires at least 1000 integers, so the model cannot stop early.
     let long = json!({"model": CHAT_MODEL, "stream": true, "max_tokens": 3000, "seed": 4,
                       "messages": [{"role": "user", "content": "List numbers."}],
                       "response_format": {"type": "json_schema", "json_schema": {"name": "numbers",

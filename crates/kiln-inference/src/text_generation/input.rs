@@ -120,7 +120,7 @@ pub fn parse_response_format(value: &Value, field: &str) -> Result<ResponseForma
 }
 
 /// Folds the API's seed range (up to 10 digits) into llama.cpp's 32-bit seed.
-fn fold_seed(seed: u64) -> u32 {
+pub fn fold_seed(seed: u64) -> u32 {
     (seed ^ (seed >> 32)) as u32
 }
 

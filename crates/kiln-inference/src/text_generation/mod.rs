@@ -12,9 +12,11 @@ use kiln_engine_llama::ChatMessage;
 use serde_json::Value;
 
 pub use generate::{collect, start, Completion, StreamItem, TextStream, Usage};
-pub use input::{parse_messages, parse_response_format, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE};
+pub use input::{
+    fold_seed, parse_messages, parse_response_format, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE,
+};
 pub use kiln_engine_llama::{FinishReason, SamplingParams};
-pub use native::{native_result, sse_event, SSE_DONE};
+pub use native::{native_result, sse_event, usage_json, SSE_DONE};
 pub use tools::{parse_tool_choice, parse_tool_definitions};
 
 #[derive(Debug, Clone, PartialEq)]

@@ -3,8 +3,6 @@
 // Each test binary includes this module and uses only part of it.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -42,7 +40,7 @@ impl DevNode {
             format!("{config}\n[llama]\nthreads = 1\n")
         };
         std::fs::write(&config_path, config).expect("write kiln.toml");
-        let port = free_port();
+        let port = crate::common::free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
             .arg("dev")
             .arg(dir)
@@ -62,16 +60,7 @@ impl DevNode {
             .spawn()
             .expect("start the kiln binary");
 
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = sink.lock().expect("log lock");
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
+        let log = crate::common::capture_stderr(&mut child);
 
         let node = DevNode {
             child,
@@ -127,13 +116,6 @@ impl Drop for DevNode {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("bind a free port")
 }
 
 /// Copies a folder (without `node_modules`) into a fresh temporary folder that tests may edit.
