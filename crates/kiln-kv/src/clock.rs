@@ -20,7 +20,8 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that moves only when told to, for tests of expiration without sleeping.
+/// A clock that changes only through `set` and `advance`, for testing expiration without
+/// sleeping.
 #[derive(Debug)]
 pub struct ManualClock {
     now: AtomicI64,

@@ -17,7 +17,7 @@ pub enum KvError {
     },
 
     /// The backend failed or cannot be reached, for example a Redis server that is down. The
-    /// message names the backend and the cause and says what to check.
+    /// message names the backend and the cause and suggests what to check.
     #[error("KV {op} failed: 503 {message}")]
     Unavailable { op: &'static str, message: String },
 

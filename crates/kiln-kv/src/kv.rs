@@ -171,7 +171,8 @@ impl Namespace {
     }
 }
 
-/// A cursor is the last key name of the page, in URL-safe base64. Callers treat it as opaque.
+/// Encodes a cursor: the last key name of the page, in URL-safe base64. Callers treat it as
+/// opaque.
 fn encode_cursor(after: &str) -> String {
     URL_SAFE_NO_PAD.encode(after.as_bytes())
 }

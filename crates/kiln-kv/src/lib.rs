@@ -5,7 +5,7 @@
 //! entries have expired. [`Namespace`] is the handle that a worker's KV binding uses.
 //!
 //! Reads are strongly consistent: a read after a write, from any clone of a `Kv` on the same
-//! backend, sees that write. Workers KV promises only eventual consistency, so this is
+//! backend, returns that write. Workers KV promises only eventual consistency, so this is
 //! stricter than callers may rely on.
 
 mod backend;

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// How long a started server may take to answer PING.
+/// Maximum time a started server may take to reply to PING.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running `redis-server` child process, killed on drop.
@@ -22,7 +22,7 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// Starts a server on a free port and waits until it answers PING.
+    /// Starts a server on a free port and waits until it replies to PING.
     pub fn start() -> io::Result<RedisServer> {
         let port = free_port()?;
         let log_path =
@@ -36,13 +36,19 @@ impl RedisServer {
         Ok(server)
     }
 
-    /// The URL to connect to, `redis://127.0.0.1:{port}/0`.
+    /// Returns the server's URL, `redis://127.0.0.1:{port}/0`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Returns the server's process id, or `None` while it is stopped. Tests can send it
+    /// SIGSTOP to make the server hang without closing its connections.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Kills the server (SIGKILL, like a crash). Its data is lost, because persistence is off.

@@ -55,7 +55,7 @@ pub struct ListPage {
     pub cursor: Option<String>,
 }
 
-/// Where a [`crate::Kv`] keeps its data.
+/// Storage backend of a [`crate::Kv`], with the location of its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendConfig {
     /// A redb database file, created if missing. One process at a time may open it.

@@ -198,8 +198,8 @@ pub(crate) fn resolve_list_limit(limit: Option<f64>) -> Result<usize, KvError> {
         return Err(KvError::rejected(op::LIST, 400, message));
     }
     if limit > MAX_LIST_LIMIT {
-        // The text says "less than 1000" although 1000 itself is accepted; it is the text that
-        // Workers KV's local simulator produces.
+        // The text reads "less than 1000" although 1000 itself is accepted, because this is
+        // the text documented for Workers KV's local simulator.
         let message = format!(
             "Invalid key_count_limit of {limit}. Please specify an integer less than \
              {MAX_LIST_LIMIT}."

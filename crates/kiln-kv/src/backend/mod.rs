@@ -66,6 +66,6 @@ pub struct ListQuery {
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeyPage {
     pub keys: Vec<ListKey>,
-    /// Where the next page starts (exclusive), or `None` when no live keys remain.
+    /// Key after which the next page starts, or `None` when no live keys remain.
     pub next_after: Option<String>,
 }

@@ -21,7 +21,7 @@ pub(crate) struct Record<'a> {
 }
 
 impl Record<'_> {
-    /// Whether the record has expired at `now` (Unix seconds).
+    /// Returns whether the record has expired at `now` (Unix seconds).
     pub fn is_expired(&self, now: i64) -> bool {
         self.expiration.is_some_and(|expiration| expiration <= now)
     }

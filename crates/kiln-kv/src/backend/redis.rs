@@ -56,6 +56,8 @@ return removed
 
 /// The fields of a value hash, as `HMGET value expiration metadata` returns them.
 type StoredFields = (Option<Vec<u8>>, Option<i64>, Option<Vec<u8>>);
+/// Fields that `list` reads for each key: `HMGET expiration metadata`, then `EXISTS` of the hash.
+type ListedFields = (Option<i64>, Option<Vec<u8>>, i64);
 
 /// The Redis backend.
 pub(crate) struct RedisBackend {
@@ -96,8 +98,8 @@ impl RedisBackend {
     }
 
     /// Runs one operation under the operation timeout. After a connection error the operation
-    /// runs once more on the connection that the manager re-establishes; every operation here
-    /// is idempotent, so a repeat is safe even if the first attempt reached the server.
+    /// runs once more, on the connection that the manager re-establishes. Every operation here
+    /// is idempotent, so the repeat is safe even if the first attempt reached the server.
     async fn run<T, F, Fut>(&self, op: &'static str, operation: F) -> Result<T, KvError>
     where
         F: Fn(ConnectionManager) -> Fut,
@@ -202,7 +204,8 @@ impl Backend for RedisBackend {
         pipeline.add_command(hset).ignore();
         if let Some(expiration) = entry.expiration {
             // A relative TTL, so a manual clock far from real time does not make Redis drop the
-            // value at once. Redis never drops it before the clock says it expired.
+            // value at once. With the system clock, Redis drops it no earlier than reads would
+            // treat it as expired.
             let ttl = (expiration - now).max(1);
             pipeline.cmd("EXPIRE").arg(&value_key).arg(ttl).ignore();
         }
@@ -269,7 +272,7 @@ impl Backend for RedisBackend {
             };
             start = exclusive(last.as_bytes());
 
-            let rows: Vec<(Option<i64>, Option<Vec<u8>>, i64)> = self
+            let rows: Vec<ListedFields> = self
                 .run(op::LIST, |mut connection| {
                     let mut pipeline = redis::pipe();
                     for name in &names {
@@ -443,7 +446,7 @@ fn hmget_fields(namespace: &str, key: &str) -> redis::Cmd {
     command
 }
 
-/// The `ZRANGEBYLEX` start: after the cursor key, but never before the prefix.
+/// Returns the `ZRANGEBYLEX` start: after the cursor key, but never before the prefix.
 fn lex_start(query: &ListQuery) -> Vec<u8> {
     match query.start_after.as_deref() {
         Some(after) if after >= query.prefix.as_str() => exclusive(after.as_bytes()),
@@ -452,8 +455,8 @@ fn lex_start(query: &ListQuery) -> Vec<u8> {
     }
 }
 
-/// The `ZRANGEBYLEX` end for a prefix. Every key with the prefix sorts before the prefix
-/// followed by byte 0xFF, because 0xFF never occurs in UTF-8.
+/// Returns the `ZRANGEBYLEX` end for a prefix. Every key with the prefix sorts before the
+/// prefix followed by byte 0xFF, because 0xFF never occurs in UTF-8.
 fn lex_end(prefix: &str) -> Vec<u8> {
     if prefix.is_empty() {
         return b"+".to_vec();
@@ -466,7 +469,7 @@ fn exclusive(name: &[u8]) -> Vec<u8> {
 }
 
 /// Groups the flat pipeline reply of `HMGET expiration metadata` and `EXISTS` pairs.
-fn pair_rows(flat: Vec<redis::Value>) -> RedisResult<Vec<(Option<i64>, Option<Vec<u8>>, i64)>> {
+fn pair_rows(flat: Vec<redis::Value>) -> RedisResult<Vec<ListedFields>> {
     let mut rows = Vec::with_capacity(flat.len() / 2);
     let mut replies = flat.into_iter();
     while let (Some(fields), Some(exists)) = (replies.next(), replies.next()) {
