@@ -12,7 +12,9 @@ use serde::Deserialize;
 
 mod wrangler;
 
-pub use wrangler::{AiBindingConfig, WorkerConfig, WorkerLimits, WORKER_CONFIG_FILES};
+pub use wrangler::{
+    AiBindingConfig, KvNamespaceConfig, WorkerConfig, WorkerLimits, WORKER_CONFIG_FILES,
+};
 
 /// Address a node listens on when neither the config nor `--listen` sets one.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
@@ -65,6 +67,7 @@ pub struct NodeConfig {
     /// Models loaded when the node starts instead of on first use.
     pub preload: Vec<String>,
     pub workers: WorkerSettings,
+    pub kv: KvSettings,
 }
 
 impl Default for NodeConfig {
@@ -84,6 +87,7 @@ impl Default for NodeConfig {
             default_models: BTreeMap::new(),
             preload: Vec::new(),
             workers: WorkerSettings::default(),
+            kv: KvSettings::default(),
         }
     }
 }
@@ -137,6 +141,25 @@ impl Default for WorkerSettings {
             memory_mib: 128,
         }
     }
+}
+
+/// Where KV namespaces are stored.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KvSettings {
+    pub backend: KvBackend,
+    /// Redis server of the `redis` backend, as `redis://[:PASSWORD@]HOST:PORT[/DB]`.
+    pub redis_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KvBackend {
+    /// A database file (`kv.redb`) in the node's data folder.
+    #[default]
+    Embedded,
+    /// A Redis server, shared by every node that names it.
+    Redis,
 }
 
 /// Settings of every GGUF model that llama.cpp runs.
@@ -283,6 +306,10 @@ impl NodeConfig {
             (
                 self.limits.max_generated_tokens >= 1,
                 "limits.max_generated_tokens must be at least 1",
+            ),
+            (
+                self.kv.backend != KvBackend::Redis || self.kv.redis_url.is_some(),
+                "kv.backend = \"redis\" needs kv.redis_url, e.g. \"redis://127.0.0.1:6379/0\"",
             ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {

@@ -31,6 +31,31 @@ pub struct WorkerConfig {
     pub vars: BTreeMap<String, toml::Value>,
     #[serde(default)]
     pub limits: WorkerLimits,
+    /// `[[kv_namespaces]]`: KV namespaces on `env`.
+    #[serde(default)]
+    pub kv_namespaces: Vec<KvNamespaceConfig>,
+}
+
+/// One `[[kv_namespaces]]` entry.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct KvNamespaceConfig {
+    /// Name of the `env` property.
+    pub binding: String,
+    /// Namespace id used by deployed workers.
+    pub id: String,
+    /// Namespace id used by `kiln dev`, when set.
+    #[serde(default)]
+    pub preview_id: Option<String>,
+}
+
+impl KvNamespaceConfig {
+    /// The namespace id for `kiln dev` (`preview_id` when set) or for a deployed worker.
+    pub fn namespace_id(&self, preview: bool) -> &str {
+        match (&self.preview_id, preview) {
+            (Some(preview_id), true) => preview_id,
+            _ => &self.id,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -96,6 +121,20 @@ impl WorkerConfig {
                 "invalid main {:?}: give the entry module's path relative to the worker folder",
                 self.main
             ));
+        }
+        let mut bindings = std::collections::BTreeSet::new();
+        for namespace in &self.kv_namespaces {
+            if namespace.binding.is_empty() || namespace.id.is_empty() {
+                return Err("each [[kv_namespaces]] entry needs a `binding` and an `id`".into());
+            }
+            let ai = self.ai.as_ref().map(|ai| ai.binding.as_str());
+            if !bindings.insert(namespace.binding.as_str()) || ai == Some(namespace.binding.as_str())
+            {
+                return Err(format!(
+                    "the binding name {:?} is used twice: give each binding its own name",
+                    namespace.binding
+                ));
+            }
         }
         if self.limits.cpu_ms == Some(0) {
             return Err("limits.cpu_ms must be at least 1".into());
@@ -178,5 +217,39 @@ mod tests {
     fn invalid_name_is_rejected() {
         let error = WorkerConfig::parse("name = \"a b\"\nmain = \"index.js\"").unwrap_err();
         assert!(error.contains("invalid worker name"), "{error}");
+    }
+
+    #[test]
+    fn kv_namespaces_pick_the_preview_id_in_dev() {
+        let config = WorkerConfig::parse(
+            r#"
+            name = "cached"
+            main = "index.js"
+            [[kv_namespaces]]
+            binding = "ANSWERS"
+            id = "answers-production"
+            preview_id = "answers-preview"
+            [[kv_namespaces]]
+            binding = "STATE"
+            id = "state"
+            "#,
+        )
+        .expect("config parses");
+        let [answers, state] = &config.kv_namespaces[..] else {
+            panic!("two namespaces expected, got {:?}", config.kv_namespaces);
+        };
+        assert_eq!(answers.namespace_id(true), "answers-preview");
+        assert_eq!(answers.namespace_id(false), "answers-production");
+        assert_eq!(state.namespace_id(true), "state");
+    }
+
+    #[test]
+    fn a_binding_name_used_twice_is_rejected() {
+        let error = WorkerConfig::parse(
+            "name = \"a\"\nmain = \"i.js\"\n[ai]\nbinding = \"X\"\n\
+             [[kv_namespaces]]\nbinding = \"X\"\nid = \"n\"",
+        )
+        .unwrap_err();
+        assert!(error.contains("used twice"), "{error}");
     }
 }

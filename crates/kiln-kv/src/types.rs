@@ -55,6 +55,36 @@ pub struct ListPage {
     pub cursor: Option<String>,
 }
 
+impl ListPage {
+    /// The page as the binding's `list()` returns it and the admin API sends it:
+    /// `{keys: [{name, expiration?, metadata?}], list_complete, cursor?, cacheStatus}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let keys: Vec<serde_json::Value> = self
+            .keys
+            .iter()
+            .map(|key| {
+                let mut item = serde_json::json!({ "name": key.name });
+                if let Some(expiration) = key.expiration {
+                    item["expiration"] = expiration.into();
+                }
+                if let Some(metadata) = &key.metadata {
+                    item["metadata"] = metadata.clone();
+                }
+                item
+            })
+            .collect();
+        let mut page = serde_json::json!({
+            "keys": keys,
+            "list_complete": self.list_complete,
+            "cacheStatus": null,
+        });
+        if let Some(cursor) = &self.cursor {
+            page["cursor"] = cursor.as_str().into();
+        }
+        page
+    }
+}
+
 /// Storage backend of a [`crate::Kv`], with the location of its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendConfig {

@@ -51,8 +51,10 @@ pub(crate) struct HostState {
     /// Pending timers by deadline; an entry is stale unless `timer_owner` has the same deadline.
     pub timers: BinaryHeap<Reverse<(Instant, u64)>>,
     pub timer_owner: HashMap<u64, (Instant, Option<u64>)>,
-    /// AI calls in flight → the request that made them.
-    pub ai_owner: HashMap<u64, Option<u64>>,
+    /// AI and KV calls in flight → the request that made them.
+    pub call_owner: HashMap<u64, Option<u64>>,
+    /// KV namespaces by binding name.
+    pub kv: HashMap<String, kiln_kv::Namespace>,
     streams: HashMap<u64, ForwardedStream>,
     next_stream: u64,
     /// A limit that a request broke, found while handling a JavaScript error.
@@ -67,6 +69,7 @@ impl HostState {
         generation: u64,
         events: mpsc::Sender<Event>,
         services: Services,
+        kv: HashMap<String, kiln_kv::Namespace>,
         source_maps: SourceMaps,
     ) -> Self {
         Self {
@@ -80,7 +83,8 @@ impl HostState {
             replies: HashMap::new(),
             timers: BinaryHeap::new(),
             timer_owner: HashMap::new(),
-            ai_owner: HashMap::new(),
+            call_owner: HashMap::new(),
+            kv,
             streams: HashMap::new(),
             next_stream: 1,
             breach: None,
@@ -194,7 +198,7 @@ impl HostState {
 
 pub(crate) type SharedState = Rc<RefCell<HostState>>;
 
-fn copy_bytes(array: &TypedArray<'_, u8>) -> Vec<u8> {
+pub(crate) fn copy_bytes(array: &TypedArray<'_, u8>) -> Vec<u8> {
     match array.as_raw() {
         // SAFETY: the slice is copied at once, before any JavaScript runs.
         Some(raw) => unsafe { raw.as_ref().to_vec() },
@@ -232,6 +236,7 @@ pub(crate) fn native_object<'js>(
     install_crypto(ctx, &native)?;
     install_url(ctx, &native)?;
     install_ai(ctx, &native, state)?;
+    crate::kv::install(ctx, &native, state)?;
     install_responses(ctx, &native, state)?;
     Ok(native)
 }
@@ -437,7 +442,7 @@ fn install_ai<'js>(
                 let mut state = run_state.borrow_mut();
                 let call = call as u64;
                 let owner = state.current;
-                state.ai_owner.insert(call, owner);
+                state.call_owner.insert(call, owner);
                 let events = state.events.clone();
                 let generation = state.generation;
                 let inputs: Value = serde_json::from_str(&inputs).unwrap_or(Value::Null);
@@ -592,7 +597,7 @@ fn install_responses<'js>(
         "fail",
         Function::new(
             ctx.clone(),
-            move |id: f64, name: String, message: String, stack: String, _streaming: bool| {
+            move |id: f64, name: String, message: String, stack: String, status: f64| {
                 let mut state = fail_state.borrow_mut();
                 let id = id as u64;
                 if let Some(limit) = limit_of(&name, &message) {
@@ -612,6 +617,7 @@ fn install_responses<'js>(
                 let error = WorkerError::Exception {
                     message: format!("{name}: {message}"),
                     stack,
+                    status: status as u16,
                 };
                 match state.replies.remove(&id) {
                     Some(Reply::Waiting(sender)) => {

@@ -16,10 +16,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rquickjs::promise::PromiseState;
 use rquickjs::{Context, Ctx, Function, Object, Persistent, Runtime, TypedArray, Value};
+use kiln_kv::KvError;
 use tokio::sync::oneshot;
 
 use crate::binding::{AiError, AiOutput};
 use crate::bytecode::{self, DeclareError};
+use crate::kv::KvReply;
 use crate::host::{self, AiSettlement, HostState, Reply, SharedState};
 use crate::modules::{SourceMaps, WorkerLoader, WorkerResolver};
 use crate::worker::{
@@ -38,6 +40,12 @@ pub(crate) enum Event {
         generation: u64,
         call: u64,
         result: Result<AiOutput, AiError>,
+    },
+    /// A KV call settled.
+    KvDone {
+        generation: u64,
+        call: u64,
+        result: Result<KvReply, KvError>,
     },
     /// A chunk of a forwarded AI stream; `Ok(None)` ends it.
     StreamChunk {
@@ -197,6 +205,7 @@ impl Isolate {
             generation,
             events.clone(),
             services.clone(),
+            kv_namespaces(spec, services),
             source_maps,
         )));
 
@@ -282,7 +291,7 @@ impl Isolate {
                 if generation != self.state.borrow().generation {
                     return;
                 }
-                let owner = self.state.borrow_mut().ai_owner.remove(&call).flatten();
+                let owner = self.state.borrow_mut().call_owner.remove(&call).flatten();
                 let settlement = host::settle_ai(&self.state, owner, result);
                 self.turn(owner, |_, host| match settlement {
                     AiSettlement::Json(json) => {
@@ -298,6 +307,17 @@ impl Isolate {
                         done.call((call as f64, stream as f64))
                     }
                 });
+            }
+            Event::KvDone {
+                generation,
+                call,
+                result,
+            } => {
+                if generation != self.state.borrow().generation {
+                    return;
+                }
+                let owner = self.state.borrow_mut().call_owner.remove(&call).flatten();
+                self.turn(owner, |ctx, host| crate::kv::settle(ctx, host, call, result));
             }
             Event::StreamChunk {
                 generation,
@@ -491,6 +511,18 @@ impl Isolate {
 
 /// Evaluates the prelude and the worker's main module, and hands the module's exports to the
 /// prelude. Returns the prelude's host entry points.
+/// The worker's KV bindings, by binding name. Without a store on the node, calls fail with a
+/// clear error instead.
+fn kv_namespaces(spec: &WorkerSpec, services: &Services) -> HashMap<String, kiln_kv::Namespace> {
+    let Some(kv) = &services.kv else {
+        return HashMap::new();
+    };
+    spec.kv_namespaces
+        .iter()
+        .map(|(binding, id)| (binding.clone(), kv.namespace(id)))
+        .collect()
+}
+
 fn load_worker(
     ctx: &Ctx<'_>,
     spec: &WorkerSpec,
@@ -544,7 +576,12 @@ fn load_worker(
     let exports = module.namespace().map_err(|err| module_error(ctx, err))?;
     let vars = serde_json::Value::Object(spec.vars.clone()).to_string();
     let init: Function = host.get("init").map_err(|err| internal(ctx, err))?;
-    init.call::<_, ()>((exports, vars, spec.ai_binding.clone()))
+    let kv_bindings: Vec<String> = spec
+        .kv_namespaces
+        .iter()
+        .map(|(binding, _)| binding.clone())
+        .collect();
+    init.call::<_, ()>((exports, vars, spec.ai_binding.clone(), kv_bindings))
         .map_err(|err| StartError(format!("{main}: {}", describe_error(ctx, err))))?;
     Ok(Persistent::save(ctx, host))
 }

@@ -12,6 +12,7 @@ pub mod binding;
 mod bytecode;
 mod host;
 mod isolate;
+mod kv;
 pub mod modules;
 mod worker;
 

@@ -23,6 +23,8 @@ pub struct WorkerSpec {
     pub vars: serde_json::Map<String, Value>,
     /// The `env` property of the `[ai]` binding, when the worker declares one.
     pub ai_binding: Option<String>,
+    /// KV bindings: `env` property → namespace id.
+    pub kv_namespaces: Vec<(String, String)>,
     pub limits: Limits,
 }
 
@@ -79,6 +81,8 @@ impl std::fmt::Display for Limit {
 #[derive(Clone)]
 pub struct Services {
     pub ai: Option<Arc<dyn AiBinding>>,
+    /// The node's KV store, for workers with KV bindings.
+    pub kv: Option<kiln_kv::Kv>,
     /// The async runtime on which binding calls and response streams run.
     pub tokio: tokio::runtime::Handle,
 }
@@ -118,6 +122,9 @@ pub enum WorkerError {
         /// `Name: message`.
         message: String,
         stack: String,
+        /// 503 when the exception came from a node service that is down (a KV store that cannot
+        /// be reached), else 500.
+        status: u16,
     },
     #[error("the worker exceeded its {0} limit; its isolate was discarded")]
     LimitExceeded(Limit),
@@ -131,7 +138,7 @@ impl WorkerError {
     /// Returns the HTTP status sent to the client.
     pub fn status(&self) -> u16 {
         match self {
-            WorkerError::Exception { .. } => 500,
+            WorkerError::Exception { status, .. } => *status,
             WorkerError::LimitExceeded(_)
             | WorkerError::Discarded(_)
             | WorkerError::Unavailable(_) => 503,

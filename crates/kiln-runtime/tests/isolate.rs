@@ -381,7 +381,7 @@ fn typescript_stack_names_source_line() {
         .request("GET", "/", &[], b"")
         .err()
         .expect("request fails");
-    let WorkerError::Exception { message, stack } = error else {
+    let WorkerError::Exception { message, stack, .. } = error else {
         panic!("expected an exception, got {error:?}");
     };
     assert_eq!(message, "Error: from line 7");

@@ -7,17 +7,21 @@
 //!   OpenAI-compatible API, also under `/client/v4/accounts/{account_id}/ai/v1/`;
 //! - `GET /metrics`: batch counters of the embeddings, classification and custom models, in
 //!   Prometheus text format;
-//! - `GET /healthz`: liveness.
+//! - `GET /healthz`: liveness;
+//! - `/admin/v1/...`: the admin API, with bearer tokens (see [`admin`]).
 //!
 //! [`worker_router`] serves a JavaScript worker on every path instead, as `kiln dev` does.
 
+mod admin;
 mod body;
+mod cache;
 mod catalog;
 mod errors;
 mod metrics;
 mod openai;
 mod run;
 mod sse;
+pub mod tokens;
 mod worker;
 
 use std::sync::Arc;
@@ -32,7 +36,9 @@ use axum::Router;
 use kiln_inference::InferenceService;
 use tower_http::catch_panic::CatchPanicLayer;
 
+pub use admin::{put_all, BulkPair, EXPIRATION_HEADER, METADATA_HEADER};
 pub use errors::ApiError;
+pub use tokens::{Scope, TokenStore};
 pub use worker::{serve_worker, worker_router, InferenceAi, WorkerSlot, WorkerState};
 
 /// Response header naming the installed model that really ran, after alias resolution.
@@ -51,6 +57,10 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Maximum time to receive a request body.
     pub body_timeout: std::time::Duration,
+    /// The node's KV store: the admin API's namespaces and the inference cache.
+    pub kv: Option<kiln_kv::Kv>,
+    /// Tokens of the admin API.
+    pub tokens: TokenStore,
 }
 
 /// Builds the router with every route, request logging and panic isolation.
@@ -89,6 +99,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/metrics", get(metrics::prometheus))
         .route("/healthz", get(|| async { "ok" }))
+        .merge(admin::routes())
         .fallback(errors::no_route)
         .layer(middleware::from_fn(log_request))
         .layer(CatchPanicLayer::custom(errors::panic_response))

@@ -12,6 +12,7 @@ use kiln_inference::{sse_event, InferenceError, Output, RunOutput, StreamItem, T
 use serde_json::{json, Value};
 
 use crate::body::read_body;
+use crate::cache::{self, CacheRequest, InferenceCache};
 use crate::errors::{ApiError, Envelope};
 use crate::sse::sse_response;
 use crate::{json_response, AppState, MODEL_HEADER};
@@ -50,10 +51,56 @@ async fn run(
         Ok(input) => input,
         Err(error) => return error_response(error, envelope),
     };
-    match state.inference.run(model, input).await {
-        Ok(output) => respond(output, envelope),
-        Err(error) => error_response(error, envelope),
+    let cache = match CacheRequest::from_headers(headers) {
+        Ok(cache) => cache,
+        Err(error) => return error_response(error, envelope),
+    };
+    let streaming = input.get("stream") == Some(&Value::Bool(true));
+    let mut response = match (cache, &state.kv) {
+        (CacheRequest::Use { ttl }, Some(kv)) if !streaming => {
+            match run_cached(state, &InferenceCache::new(kv), model, input, ttl).await {
+                Ok((output, hit)) => {
+                    let mut response = respond(output, envelope);
+                    let status = HeaderValue::from_static(if hit { "HIT" } else { "MISS" });
+                    response.headers_mut().insert(cache::STATUS_HEADER, status);
+                    return response;
+                }
+                Err(error) => return error_response(error, envelope),
+            }
+        }
+        _ => match state.inference.run(model, input).await {
+            Ok(output) => respond(output, envelope),
+            Err(error) => error_response(error, envelope),
+        },
+    };
+    if let Some(miss) = cache.miss_header() {
+        response.headers_mut().insert(cache::STATUS_HEADER, miss);
     }
+    response
+}
+
+/// Answers from the inference cache, or runs the model and stores a JSON result. Returns the
+/// output and whether it came from the cache.
+async fn run_cached(
+    state: &AppState,
+    store: &InferenceCache,
+    model: &str,
+    input: Value,
+    ttl: u64,
+) -> Result<(RunOutput, bool), InferenceError> {
+    let manifest = state.inference.resolve(model)?;
+    if let Some(result) = store.get(&manifest, &input).await {
+        let output = RunOutput {
+            model: manifest.id,
+            output: Output::Json(result),
+        };
+        return Ok((output, true));
+    }
+    let output = state.inference.run(model, input.clone()).await?;
+    if let Output::Json(result) = &output.output {
+        store.put(&manifest, &input, result, ttl).await;
+    }
+    Ok((output, false))
 }
 
 fn error_response(error: InferenceError, envelope: Envelope) -> Response {

@@ -189,7 +189,7 @@ fn into_http(response: kiln_runtime::WorkerResponse, worker: Worker) -> Response
 fn worker_error(state: &WorkerState, error: &WorkerError) -> Response {
     let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let text = match error {
-        WorkerError::Exception { message, stack } if state.expose_errors => {
+        WorkerError::Exception { message, stack, .. } if state.expose_errors => {
             format!("{message}\n{stack}")
         }
         WorkerError::Exception { .. } => "the worker threw an exception".to_owned(),

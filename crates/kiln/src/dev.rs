@@ -29,6 +29,10 @@ pub struct DevArgs {
     /// Socket address to listen on. Default: 127.0.0.1:8787.
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// Folder of the worker's local state (KV data). Default: KILN_DATA_DIR, else the config's
+    /// data_dir, else $KILN_HOME/data.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// Log format: pretty (default) or json (one object per line).
     #[arg(long, value_name = "FORMAT", value_parser = crate::serve::parse_log_format)]
     log_format: Option<LogFormat>,
@@ -48,14 +52,16 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     );
 
     let models_dir = args.paths.models_dir(&config)?;
+    let data_dir = crate::serve::data_dir(args.data_dir, &config)?;
     let store = crate::serve::open_store(&models_dir)?;
-    crate::serve::async_runtime()?.block_on(serve(config, store, dir, listen))
+    crate::serve::async_runtime()?.block_on(serve(config, store, dir, data_dir, listen))
 }
 
 async fn serve(
     config: NodeConfig,
     store: ModelStore,
     dir: PathBuf,
+    data_dir: PathBuf,
     listen: SocketAddr,
 ) -> anyhow::Result<()> {
     let inference = Arc::new(InferenceService::new(
@@ -64,6 +70,7 @@ async fn serve(
     ));
     let services = Services {
         ai: Some(Arc::new(InferenceAi { inference })),
+        kv: Some(crate::serve::open_kv(&config, &data_dir).await?),
         tokio: tokio::runtime::Handle::current(),
     };
     let slot = Arc::new(WorkerSlot::default());
@@ -166,6 +173,15 @@ impl Loader {
             main,
             vars: worker.vars_json(),
             ai_binding: worker.ai.as_ref().map(|ai| ai.binding.clone()),
+            // `kiln dev` works on the preview namespaces, as `wrangler dev` does.
+            kv_namespaces: worker
+                .kv_namespaces
+                .iter()
+                .map(|namespace| {
+                    let id = namespace.namespace_id(true).to_owned();
+                    (namespace.binding.clone(), id)
+                })
+                .collect(),
             limits: Limits {
                 cpu_ms: worker.limits.cpu_ms.unwrap_or(workers.cpu_ms),
                 memory_bytes: (workers.memory_mib as usize).saturating_mul(1024 * 1024),

@@ -1,12 +1,13 @@
 //! `kiln serve`: start a node.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use kiln_config::{LogFormat, NodeConfig};
+use kiln_config::{KvBackend, LogFormat, NodeConfig};
 use kiln_inference::{InferenceService, ServiceOptions};
+use kiln_kv::{BackendConfig, Kv};
 use kiln_models::ModelStore;
 
 use crate::NodePaths;
@@ -47,14 +48,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     crate::logging::init(config.log_format);
 
     let models_dir = args.paths.models_dir(&config)?;
-    let data_dir = match args.data_dir {
+    let data_dir = data_dir(args.data_dir, &config)?;
+    let store = open_store(&models_dir)?;
+    async_runtime()?.block_on(serve(config, store, models_dir, data_dir))
+}
+
+/// The data folder after the flag, environment and config file, created if missing.
+pub(crate) fn data_dir(flag: Option<PathBuf>, config: &NodeConfig) -> anyhow::Result<PathBuf> {
+    let data_dir = match flag {
         Some(dir) => dir,
         None => config.resolved_data_dir()?,
     };
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("failed to create the data folder {}", data_dir.display()))?;
-    let store = open_store(&models_dir)?;
-    async_runtime()?.block_on(serve(config, store, models_dir, data_dir))
+    Ok(data_dir)
 }
 
 pub(crate) fn open_store(models_dir: &std::path::Path) -> anyhow::Result<ModelStore> {
@@ -93,10 +100,13 @@ async fn serve(
         data_dir = %data_dir.display(),
         "kiln node listening"
     );
+    let kv = open_kv(&config, &data_dir).await?;
     let state = Arc::new(kiln_server::AppState {
         inference,
         max_body_bytes: config.limits.max_body_bytes,
         body_timeout: std::time::Duration::from_secs(config.limits.body_timeout_seconds),
+        kv: Some(kv),
+        tokens: kiln_server::TokenStore::new(&data_dir),
     });
     kiln_server::serve(
         listener,
@@ -108,6 +118,26 @@ async fn serve(
     .context("the HTTP server failed")?;
     tracing::info!("kiln node stopped");
     Ok(())
+}
+
+/// Opens the node's KV store: `kv.redb` in the data folder, or the configured Redis server.
+pub(crate) async fn open_kv(config: &NodeConfig, data_dir: &Path) -> anyhow::Result<Kv> {
+    let backend = match config.kv.backend {
+        KvBackend::Embedded => BackendConfig::Embedded {
+            path: data_dir.join("kv.redb"),
+        },
+        KvBackend::Redis => BackendConfig::Redis {
+            url: config.kv.redis_url.clone().unwrap_or_default(),
+        },
+    };
+    Kv::open(&backend).await.with_context(|| match &backend {
+        BackendConfig::Embedded { path } => format!(
+            "failed to open the KV store {}; if a node or `kiln dev` is running on this data \
+             folder, stop it or reach it with --node",
+            path.display()
+        ),
+        BackendConfig::Redis { .. } => "failed to open the KV store on Redis".to_string(),
+    })
 }
 
 pub(crate) fn service_options(config: &NodeConfig) -> ServiceOptions {

@@ -1869,13 +1869,140 @@ export default function installPrelude(native) {
     else controller.error(new InferenceUpstreamError(error));
   }
 
+
+  // ---------------------------------------------------------------------------------------
+  // KV namespace bindings
+
+  const kvCalls = new Map();
+  // Errors of unreachable node services → the status an uncaught one gives the request.
+  const serviceStatus = new WeakMap();
+  const kvTypes = ["text", "json", "arrayBuffer", "stream"];
+
+  function kvType(typeOrOptions, bulk) {
+    const type = typeof typeOrOptions === "string" ? typeOrOptions : (typeOrOptions?.type ?? "text");
+    if (!kvTypes.includes(type)) {
+      throw new TypeError(`Unknown response type "${type}": use one of ${kvTypes.join(", ")}`);
+    }
+    if (bulk && type !== "text" && type !== "json") {
+      throw new TypeError(`"${type}" is not a valid type for a bulk get: use "text" or "json"`);
+    }
+    return type;
+  }
+
+  function kvValue(bytes, type) {
+    switch (type) {
+      case "json":
+        return JSON.parse(native.utf8Decode(bytes, false));
+      case "arrayBuffer":
+        return bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength);
+      case "stream":
+        return new ReadableStream({
+          start(controller) {
+            controller.enqueue(bytes);
+            controller.close();
+          },
+        });
+      default:
+        return native.utf8Decode(bytes, false);
+    }
+  }
+
+  function kvNumber(value) {
+    return value === undefined || value === null ? undefined : Number(value);
+  }
+
+  class KVNamespace {
+    #binding;
+    constructor(binding) {
+      this.#binding = binding;
+    }
+    #call(op, args, value) {
+      const id = nextCallId++;
+      return new Promise((resolve, reject) => {
+        kvCalls.set(id, { resolve, reject });
+        native.kvCall(id, this.#binding, op, JSON.stringify(args), value);
+      });
+    }
+    async #read(key, typeOrOptions, withMetadata) {
+      const bulk = Array.isArray(key);
+      const type = kvType(typeOrOptions, bulk);
+      const cacheTtl = kvNumber(typeof typeOrOptions === "object" ? typeOrOptions?.cacheTtl : undefined);
+      if (bulk) {
+        if (key.length > 100) throw new TypeError(`a bulk get takes at most 100 keys, got ${key.length}`);
+        const { value: values } = await this.#call("get", { keys: key.map(String), cacheTtl });
+        const result = new Map();
+        key.forEach((name, index) => {
+          const entry = values[index];
+          const value = entry === null ? null : type === "json" ? JSON.parse(entry.text) : entry.text;
+          const metadata = entry?.metadata ?? null;
+          result.set(String(name), withMetadata ? { value, metadata, cacheStatus: null } : value);
+        });
+        return result;
+      }
+      const { value: entry, bytes } = await this.#call("get", { key: String(key), cacheTtl });
+      const value = entry === null ? null : kvValue(bytes, type);
+      if (!withMetadata) return value;
+      return { value, metadata: entry?.metadata ?? null, cacheStatus: null };
+    }
+    get(key, typeOrOptions) {
+      return this.#read(key, typeOrOptions, false);
+    }
+    getWithMetadata(key, typeOrOptions) {
+      return this.#read(key, typeOrOptions, true);
+    }
+    async put(key, value, options = {}) {
+      let bytes;
+      if (typeof value === "string") bytes = native.utf8Encode(value);
+      else if (value instanceof ArrayBuffer || ArrayBuffer.isView(value)) bytes = toBytes(value).slice();
+      else if (value instanceof ReadableStream) bytes = await readAll(value);
+      else {
+        throw new TypeError("KV put() accepts only strings, ArrayBuffers, ArrayBufferViews, and ReadableStreams as values");
+      }
+      const args = {
+        key: String(key),
+        expiration: kvNumber(options?.expiration),
+        expirationTtl: kvNumber(options?.expirationTtl),
+      };
+      if (options?.metadata !== undefined && options?.metadata !== null) {
+        args.metadata = JSON.parse(JSON.stringify(options.metadata));
+      }
+      await this.#call("put", args, bytes);
+    }
+    async delete(key) {
+      await this.#call("delete", { key: String(key) });
+    }
+    async list(options = {}) {
+      const { value } = await this.#call("list", {
+        prefix: options?.prefix ?? undefined,
+        limit: kvNumber(options?.limit),
+        cursor: options?.cursor ?? undefined,
+      });
+      return value;
+    }
+  }
+
+  function settleKv(id, ok, payload, bytes) {
+    const call = kvCalls.get(id);
+    if (!call) return;
+    kvCalls.delete(id);
+    const value = JSON.parse(payload);
+    if (ok) {
+      call.resolve({ value, bytes });
+      return;
+    }
+    const ErrorClass = value.name === "TypeError" ? TypeError : Error;
+    const error = new ErrorClass(value.message);
+    if (value.status === 503) serviceStatus.set(error, 503);
+    call.reject(error);
+  }
+
   // ---------------------------------------------------------------------------------------
   // Requests into the worker
 
   let handler = null;
   let env = null;
 
-  function init(exports, vars, aiBinding) {
+  function init(exports, vars, aiBinding, kvBindings) {
     const candidate = exports.default;
     if (!candidate || typeof candidate.fetch !== "function") {
       throw new TypeError("the worker's main module has no default export with a fetch(request, env, ctx) method");
@@ -1883,6 +2010,7 @@ export default function installPrelude(native) {
     handler = candidate;
     env = { ...JSON.parse(vars) };
     if (aiBinding) env[aiBinding] = new Ai();
+    for (const binding of kvBindings) env[binding] = new KVNamespace(binding);
   }
 
   function makeContext() {
@@ -1895,9 +2023,16 @@ export default function installPrelude(native) {
     };
   }
 
+  // Ends a request with an uncaught exception. An error from a node service that is down
+  // carries its status (503); any other exception gives 500.
+  function failRequest(id, error) {
+    const status = serviceStatus.get(error) ?? 500;
+    native.fail(id, String(error?.name ?? "Error"), String(error?.message ?? error), String(error?.stack ?? ""), status);
+  }
+
   async function sendResponse(id, response) {
     if (!(response instanceof Response)) {
-      native.fail(id, "TypeError", `the fetch handler returned ${formatValue(response, 1)} instead of a Response`, "", false);
+      native.fail(id, "TypeError", `the fetch handler returned ${formatValue(response, 1)} instead of a Response`, "", 500);
       return;
     }
     const status = response.status;
@@ -1921,7 +2056,7 @@ export default function installPrelude(native) {
       }
       native.end(id);
     } catch (error) {
-      native.fail(id, String(error?.name ?? "Error"), String(error?.message ?? error), String(error?.stack ?? ""), true);
+      failRequest(id, error);
     }
   }
 
@@ -1939,7 +2074,7 @@ export default function installPrelude(native) {
     }
     result.then(
       (response) => sendResponse(id, response),
-      (error) => native.fail(id, String(error?.name ?? "Error"), String(error?.message ?? error), String(error?.stack ?? ""), false),
+      (error) => failRequest(id, error),
     );
   }
 
@@ -1948,6 +2083,7 @@ export default function installPrelude(native) {
     fetch: handleFetch,
     timer: fireTimer,
     aiDone: settleAi,
+    kvDone: settleKv,
     aiStream: settleAiStream,
     streamChunk,
     streamEnd,

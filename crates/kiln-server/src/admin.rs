@@ -1,0 +1,309 @@
+//! The node's admin API under `/admin/v1/`, guarded by bearer tokens (see [`crate::tokens`]).
+//!
+//! KV namespaces and keys (reading needs any token, writing a `kv` token):
+//!
+//! - `GET /admin/v1/kv/namespaces`: `{"namespaces": [ID, ...]}`;
+//! - `POST` or `DELETE /admin/v1/kv/namespaces/{ns}`: create or delete a namespace;
+//! - `GET /admin/v1/kv/namespaces/{ns}/keys?prefix=&limit=&cursor=`: one page of keys, in the
+//!   binding's `list()` shape;
+//! - `GET`, `PUT` or `DELETE /admin/v1/kv/namespaces/{ns}/values/{key}`: the raw value (its
+//!   metadata and expiration in the `kiln-kv-metadata` and `kiln-kv-expiration` headers); `PUT`
+//!   takes `expiration_ttl`, `expiration` and `metadata` (JSON) as query parameters;
+//! - `PUT /admin/v1/kv/namespaces/{ns}/bulk`: a JSON array of `{key, value, expiration?,
+//!   expiration_ttl?, metadata?, base64?}`, the format of Wrangler's bulk put.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+use base64::Engine as _;
+use bytes::Bytes;
+use kiln_kv::{Kv, KvError, ListOptions, PutOptions, MAX_VALUE_BYTES};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::body::read_body;
+use crate::tokens::Scope;
+use crate::{json_response, AppState};
+
+/// Response header with a value's metadata, as JSON.
+pub const METADATA_HEADER: &str = "kiln-kv-metadata";
+/// Response header with a value's expiration, in Unix seconds.
+pub const EXPIRATION_HEADER: &str = "kiln-kv-expiration";
+/// Largest bulk-put body, as on the hosted API.
+const MAX_BULK_BYTES: usize = 100 * 1024 * 1024;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/admin/v1/kv/namespaces", get(list_namespaces))
+        .route(
+            "/admin/v1/kv/namespaces/{namespace}",
+            post(create_namespace).delete(delete_namespace),
+        )
+        .route("/admin/v1/kv/namespaces/{namespace}/keys", get(list_keys))
+        .route("/admin/v1/kv/namespaces/{namespace}/bulk", put(bulk_put))
+        .route(
+            "/admin/v1/kv/namespaces/{namespace}/values/{*key}",
+            get(get_value).put(put_value).delete(delete_value),
+        )
+}
+
+/// A refused or failed admin request: `{"success": false, "errors": [{code, message}]}`.
+struct AdminError {
+    status: u16,
+    message: String,
+}
+
+impl AdminError {
+    fn new(status: u16, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<KvError> for AdminError {
+    fn from(error: KvError) -> Self {
+        Self::new(error.status(), error.to_string())
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        json_response(
+            status,
+            json!({
+                "success": false,
+                "errors": [{ "code": self.status, "message": self.message }],
+            }),
+        )
+    }
+}
+
+type AdminResult = Result<Response, AdminError>;
+
+/// Checks the request's token for `scope`, logging every refusal (never the token), and
+/// returns the node's KV store.
+fn authorize<'a>(state: &'a AppState, headers: &HeaderMap, scope: Scope) -> Result<&'a Kv, AdminError> {
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    if let Err(refusal) = state.tokens.authorize(header, scope) {
+        tracing::warn!(reason = %refusal, scope = scope.as_str(), "admin request refused");
+        return Err(AdminError::new(refusal.status(), refusal.to_string()));
+    }
+    state
+        .kv
+        .as_ref()
+        .ok_or_else(|| AdminError::new(503, "this node has no KV store"))
+}
+
+fn success(result: Value) -> Response {
+    json_response(StatusCode::OK, json!({ "success": true, "result": result }))
+}
+
+async fn list_namespaces(State(state): State<Arc<AppState>>, headers: HeaderMap) -> AdminResult {
+    let kv = authorize(&state, &headers, Scope::Read)?;
+    Ok(success(json!({ "namespaces": kv.list_namespaces().await? })))
+}
+
+async fn create_namespace(
+    State(state): State<Arc<AppState>>,
+    Path(namespace): Path<String>,
+    headers: HeaderMap,
+) -> AdminResult {
+    let kv = authorize(&state, &headers, Scope::Kv)?;
+    let created = kv.create_namespace(&namespace).await?;
+    tracing::info!(namespace = %namespace, created, "KV namespace created");
+    Ok(success(json!({ "id": namespace, "created": created })))
+}
+
+async fn delete_namespace(
+    State(state): State<Arc<AppState>>,
+    Path(namespace): Path<String>,
+    headers: HeaderMap,
+) -> AdminResult {
+    let kv = authorize(&state, &headers, Scope::Kv)?;
+    kv.delete_namespace(&namespace).await?;
+    tracing::info!(namespace = %namespace, "KV namespace deleted");
+    Ok(success(json!({ "id": namespace })))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    prefix: Option<String>,
+    limit: Option<f64>,
+    cursor: Option<String>,
+}
+
+async fn list_keys(
+    State(state): State<Arc<AppState>>,
+    Path(namespace): Path<String>,
+    Query(query): Query<ListQuery>,
+    headers: HeaderMap,
+) -> AdminResult {
+    let kv = authorize(&state, &headers, Scope::Read)?;
+    let options = ListOptions {
+        prefix: query.prefix,
+        limit: query.limit,
+        cursor: query.cursor,
+    };
+    let page = kv.namespace(&namespace).list(options).await?;
+    Ok(success(page.to_json()))
+}
+
+async fn get_value(
+    State(state): State<Arc<AppState>>,
+    Path((namespace, key)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> AdminResult {
+    let kv = authorize(&state, &headers, Scope::Read)?;
+    let entry = kv
+        .namespace(&namespace)
+        .get(&key, None)
+        .await?
+        .ok_or_else(|| AdminError::new(404, format!("key {key:?} not found in namespace {namespace:?}")))?;
+    let mut response = (
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        entry.value,
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    if let Some(metadata) = &entry.metadata {
+        if let Ok(value) = HeaderValue::from_str(&metadata.to_string()) {
+            headers.insert(METADATA_HEADER, value);
+        }
+    }
+    if let Some(expiration) = entry.expiration {
+        headers.insert(EXPIRATION_HEADER, HeaderValue::from(expiration));
+    }
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+struct PutQuery {
+    expiration: Option<f64>,
+    expiration_ttl: Option<f64>,
+    /// JSON text.
+    metadata: Option<String>,
+}
+
+async fn put_value(
+    State(state): State<Arc<AppState>>,
+    Path((namespace, key)): Path<(String, String)>,
+    Query(query): Query<PutQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> AdminResult {
+    let kv = authorize(&state, &headers, Scope::Kv)?;
+    let metadata = match &query.metadata {
+        Some(text) => Some(serde_json::from_str(text).map_err(|error| {
+            AdminError::new(400, format!("the metadata parameter is not valid JSON: {error}"))
+        })?),
+        None => None,
+    };
+    let value = read_body(body, MAX_VALUE_BYTES + 1, state.body_timeout)
+        .await
+        .map_err(|error| AdminError::new(error.status(), error.message))?;
+    let options = PutOptions {
+        expiration: query.expiration,
+        expiration_ttl: query.expiration_ttl,
+        metadata,
+    };
+    kv.namespace(&namespace).put(&key, value, options).await?;
+    Ok(success(json!({ "key": key })))
+}
+
+async fn delete_value(
+    State(state): State<Arc<AppState>>,
+    Path((namespace, key)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> AdminResult {
+    let kv = authorize(&state, &headers, Scope::Kv)?;
+    kv.namespace(&namespace).delete(&key).await?;
+    Ok(success(json!({ "key": key })))
+}
+
+/// One pair of a bulk put, in Wrangler's file format.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkPair {
+    pub key: String,
+    pub value: String,
+    #[serde(default)]
+    pub expiration: Option<f64>,
+    #[serde(default)]
+    pub expiration_ttl: Option<f64>,
+    #[serde(default)]
+    pub metadata: Option<Value>,
+    /// `value` is base64 of the bytes to store.
+    #[serde(default)]
+    pub base64: bool,
+}
+
+impl BulkPair {
+    /// The bytes to store and the put options.
+    pub fn into_parts(self) -> Result<(String, Bytes, PutOptions), String> {
+        let value = if self.base64 {
+            base64::engine::general_purpose::STANDARD
+                .decode(&self.value)
+                .map_err(|error| format!("key {:?}: value is not valid base64: {error}", self.key))?
+        } else {
+            self.value.into_bytes()
+        };
+        let options = PutOptions {
+            expiration: self.expiration,
+            expiration_ttl: self.expiration_ttl,
+            metadata: self.metadata,
+        };
+        Ok((self.key, Bytes::from(value), options))
+    }
+}
+
+async fn bulk_put(
+    State(state): State<Arc<AppState>>,
+    Path(namespace): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> AdminResult {
+    let kv = authorize(&state, &headers, Scope::Kv)?;
+    let body = read_body(body, MAX_BULK_BYTES, state.body_timeout)
+        .await
+        .map_err(|error| AdminError::new(error.status(), error.message))?;
+    let pairs: Vec<BulkPair> = serde_json::from_slice(&body).map_err(|error| {
+        AdminError::new(
+            400,
+            format!("the body must be a JSON array of {{key, value, ...}} objects: {error}"),
+        )
+    })?;
+    let written = put_all(&kv.namespace(&namespace), pairs)
+        .await
+        .map_err(|(written, message)| {
+            AdminError::new(400, format!("{message} ({written} pairs before it were written)"))
+        })?;
+    Ok(success(json!({ "written": written })))
+}
+
+/// Writes the pairs in order and returns how many were written; on the first failure,
+/// returns how many were written before it and the error.
+pub async fn put_all(
+    namespace: &kiln_kv::Namespace,
+    pairs: Vec<BulkPair>,
+) -> Result<usize, (usize, String)> {
+    let mut written = 0;
+    for pair in pairs {
+        let (key, value, options) = pair.into_parts().map_err(|error| (written, error))?;
+        namespace
+            .put(&key, value, options)
+            .await
+            .map_err(|error| (written, format!("key {key:?}: {error}")))?;
+        written += 1;
+    }
+    Ok(written)
+}
