@@ -48,9 +48,8 @@ impl CandleSequenceClassifier {
         weights_path: &Path,
     ) -> Result<CandleSequenceClassifier, EngineError> {
         let (text, config) = read_config(config_path)?;
-        let invalid = |reason: String| {
-            EngineError::Load(format!("{}: {reason}", config_path.display()))
-        };
+        let invalid =
+            |reason: String| EngineError::Load(format!("{}: {reason}", config_path.display()));
         let labels = config
             .get("id2label")
             .and_then(Value::as_object)
@@ -84,8 +83,8 @@ impl CandleSequenceClassifier {
             "distilbert" => {
                 let config: DistilBertConfig = serde_json::from_str(&text)
                     .map_err(|error| invalid(format!("not a DistilBERT config: {error}")))?;
-                let encoder = DistilBert::load(weights.pp("distilbert"), &config)
-                    .map_err(wrong_weights)?;
+                let encoder =
+                    DistilBert::load(weights.pp("distilbert"), &config).map_err(wrong_weights)?;
                 let pre_classifier = linear(config.dim, config.dim, weights.pp("pre_classifier"))
                     .map_err(wrong_weights)?;
                 let classifier =

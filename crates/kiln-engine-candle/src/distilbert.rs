@@ -73,7 +73,7 @@ struct Attention {
 
 impl Attention {
     fn load(vb: VarBuilder, config: &DistilBertConfig) -> Result<Attention> {
-        if config.n_heads == 0 || config.dim % config.n_heads != 0 {
+        if config.n_heads == 0 || !config.dim.is_multiple_of(config.n_heads) {
             candle_core::bail!(
                 "dim {} is not a multiple of n_heads {}",
                 config.dim,

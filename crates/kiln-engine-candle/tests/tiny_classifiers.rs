@@ -54,7 +54,11 @@ fn run_batch(model: &mut CandleSequenceClassifier, rows: &[Vec<i64>]) -> (Vec<us
         ("input_ids".to_string(), int64(&shape, ids)),
         ("attention_mask".to_string(), int64(&shape, mask)),
     ];
-    if model.inputs().iter().any(|input| input.name == "token_type_ids") {
+    if model
+        .inputs()
+        .iter()
+        .any(|input| input.name == "token_type_ids")
+    {
         inputs.push((
             "token_type_ids".to_string(),
             int64(&shape, vec![0; shape[0] * shape[1]]),

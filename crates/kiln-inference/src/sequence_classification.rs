@@ -353,7 +353,10 @@ mod tests {
 
     #[test]
     fn signature_detects_token_types() {
-        let bert = engine(&[INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS], vec![None, Some(3)]);
+        let bert = engine(
+            &[INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS],
+            vec![None, Some(3)],
+        );
         assert_eq!(check_signature(&bert, 3), Ok(true));
         let distilbert = engine(&[INPUT_IDS, ATTENTION_MASK], vec![None, Some(3)]);
         assert_eq!(check_signature(&distilbert, 3), Ok(false));
@@ -362,10 +365,22 @@ mod tests {
     #[test]
     fn signature_rejects_mismatches() {
         let cases = [
-            (engine(&[INPUT_IDS, "pixel_values"], vec![None, Some(3)]), "pixel_values"),
-            (engine(&[ATTENTION_MASK], vec![None, Some(3)]), "no `input_ids`"),
-            (engine(&[INPUT_IDS], vec![None, Some(2)]), "id2label names 3"),
-            (engine(&[INPUT_IDS], vec![None, None, Some(3)]), "[batch, labels]"),
+            (
+                engine(&[INPUT_IDS, "pixel_values"], vec![None, Some(3)]),
+                "pixel_values",
+            ),
+            (
+                engine(&[ATTENTION_MASK], vec![None, Some(3)]),
+                "no `input_ids`",
+            ),
+            (
+                engine(&[INPUT_IDS], vec![None, Some(2)]),
+                "id2label names 3",
+            ),
+            (
+                engine(&[INPUT_IDS], vec![None, None, Some(3)]),
+                "[batch, labels]",
+            ),
         ];
         for (engine, expected) in cases {
             let error = check_signature(&engine, 3).unwrap_err();

@@ -421,7 +421,11 @@ mod tests {
                 EngineKind::Onnx,
                 ONNX_QUANTIZED_GRAPH,
             ),
-            (&[SAFETENSORS_WEIGHTS], EngineKind::Safetensors, SAFETENSORS_WEIGHTS),
+            (
+                &[SAFETENSORS_WEIGHTS],
+                EngineKind::Safetensors,
+                SAFETENSORS_WEIGHTS,
+            ),
         ];
         for (weights, engine, chosen) in cases {
             let dir = folder(CLASSIFIER_CONFIG, weights);
@@ -493,7 +497,9 @@ mod tests {
             assert!(error.to_string().contains(expected), "{weights}: {error}");
         }
 
-        let file = dir.path().join(ONNX_GRAPH.replace('/', std::path::MAIN_SEPARATOR_STR));
+        let file = dir
+            .path()
+            .join(ONNX_GRAPH.replace('/', std::path::MAIN_SEPARATOR_STR));
         let error = plan_import(&file, "@custom/m", None, Some(ONNX_GRAPH)).unwrap_err();
         assert!(error.to_string().contains("folder imports"), "{error}");
     }
