@@ -1,10 +1,18 @@
-//! BERT-family encoders stored as Hugging Face safetensors folders (`config.json` and
+//! BERT-family models stored as Hugging Face safetensors folders (`config.json` and
 //! `model.safetensors`), run on the CPU with candle.
 //!
-//! [`CandleBert`] has the signature of a Hugging Face ONNX export of `BertModel`: inputs
-//! `input_ids`, `attention_mask` and `token_type_ids` (int64, `[batch, tokens]`), output
-//! `last_hidden_state` (float32, `[batch, tokens, hidden]`). So a task feeds it exactly as it
-//! feeds the same model exported to ONNX.
+//! Each engine has the signature of the same model's Hugging Face ONNX export, so a task feeds
+//! it exactly as it feeds the ONNX graph:
+//!
+//! - [`CandleBert`], a `BertModel` encoder: inputs `input_ids`, `attention_mask` and
+//!   `token_type_ids` (int64, `[batch, tokens]`), output `last_hidden_state` (float32,
+//!   `[batch, tokens, hidden]`).
+//! - [`CandleSequenceClassifier`], a `DistilBertForSequenceClassification` or
+//!   `BertForSequenceClassification`: the same inputs (DistilBERT has no `token_type_ids`),
+//!   output `logits` (float32, `[batch, labels]`).
+
+mod classifier;
+mod distilbert;
 
 use std::path::Path;
 
@@ -12,6 +20,8 @@ use candle_core::{DType, Device, Tensor as CandleTensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
 use kiln_engine::{ElementType, Engine, EngineError, Tensor, TensorData, TensorSpec};
+
+pub use classifier::{CandleSequenceClassifier, LOGITS};
 
 pub const INPUT_IDS: &str = "input_ids";
 pub const ATTENTION_MASK: &str = "attention_mask";
@@ -29,18 +39,16 @@ pub struct CandleBert {
 impl CandleBert {
     /// Loads `config.json` and `model.safetensors` from a model folder.
     pub fn load(config_path: &Path, weights_path: &Path) -> Result<CandleBert, EngineError> {
-        let text = std::fs::read_to_string(config_path).map_err(|error| {
-            EngineError::Load(format!("failed to read {}: {error}", config_path.display()))
-        })?;
+        let (text, value) = read_config(config_path)?;
         let config: Config = serde_json::from_str(&text).map_err(|error| {
             EngineError::Load(format!(
                 "{} is not a BERT config: {error}",
                 config_path.display()
             ))
         })?;
-        let hidden_size = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|value| value.get("hidden_size")?.as_u64())
+        let hidden_size = value
+            .get("hidden_size")
+            .and_then(serde_json::Value::as_u64)
             .ok_or_else(|| {
                 EngineError::Load(format!("{} has no hidden_size", config_path.display()))
             })? as usize;
@@ -63,11 +71,6 @@ impl CandleBert {
             ))
         })?;
 
-        let token_input = |name: &str| TensorSpec {
-            name: name.to_string(),
-            element_type: ElementType::I64,
-            shape: vec![None, None],
-        };
         Ok(CandleBert {
             model,
             hidden_size,
@@ -85,24 +88,11 @@ impl CandleBert {
     }
 
     fn forward(&self, inputs: Vec<(String, Tensor)>) -> candle_core::Result<Tensor> {
-        let mut input_ids = None;
-        let mut attention_mask = None;
-        let mut token_type_ids = None;
-        for (name, tensor) in inputs {
-            let TensorData::I64(values) = tensor.data else {
-                candle_core::bail!("input `{name}` must be int64");
-            };
-            let value = CandleTensor::from_vec(values, tensor.shape.as_slice(), &Device::Cpu)?;
-            match name.as_str() {
-                INPUT_IDS => input_ids = Some(value),
-                ATTENTION_MASK => attention_mask = Some(value),
-                TOKEN_TYPE_IDS => token_type_ids = Some(value),
-                other => candle_core::bail!("the model has no input `{other}`"),
-            }
-        }
-        let Some(input_ids) = input_ids else {
-            candle_core::bail!("missing input `{INPUT_IDS}`");
-        };
+        let TokenInputs {
+            input_ids,
+            attention_mask,
+            token_type_ids,
+        } = TokenInputs::read(inputs)?;
         let token_type_ids = match token_type_ids {
             Some(ids) => ids,
             None => input_ids.zeros_like()?,
@@ -134,5 +124,61 @@ impl Engine for CandleBert {
             .forward(inputs)
             .map_err(|error| EngineError::Run(error.to_string()))?;
         Ok(vec![(LAST_HIDDEN_STATE.to_string(), hidden)])
+    }
+}
+
+/// Reads a `config.json` and returns its text and its parsed JSON.
+fn read_config(path: &Path) -> Result<(String, serde_json::Value), EngineError> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        EngineError::Load(format!("failed to read {}: {error}", path.display()))
+    })?;
+    let value = serde_json::from_str(&text).map_err(|error| {
+        EngineError::Load(format!("{} is not valid JSON: {error}", path.display()))
+    })?;
+    Ok((text, value))
+}
+
+/// Returns the spec of an int64 `[batch, tokens]` input.
+fn token_input(name: &str) -> TensorSpec {
+    TensorSpec {
+        name: name.to_string(),
+        element_type: ElementType::I64,
+        shape: vec![None, None],
+    }
+}
+
+/// The token inputs of one forward pass, as candle tensors.
+struct TokenInputs {
+    input_ids: CandleTensor,
+    attention_mask: Option<CandleTensor>,
+    token_type_ids: Option<CandleTensor>,
+}
+
+impl TokenInputs {
+    /// Converts named int64 tensors, rejecting unknown names and a missing `input_ids`.
+    fn read(inputs: Vec<(String, Tensor)>) -> candle_core::Result<TokenInputs> {
+        let mut input_ids = None;
+        let mut attention_mask = None;
+        let mut token_type_ids = None;
+        for (name, tensor) in inputs {
+            let TensorData::I64(values) = tensor.data else {
+                candle_core::bail!("input `{name}` must be int64");
+            };
+            let value = CandleTensor::from_vec(values, tensor.shape.as_slice(), &Device::Cpu)?;
+            match name.as_str() {
+                INPUT_IDS => input_ids = Some(value),
+                ATTENTION_MASK => attention_mask = Some(value),
+                TOKEN_TYPE_IDS => token_type_ids = Some(value),
+                other => candle_core::bail!("the model has no input `{other}`"),
+            }
+        }
+        let Some(input_ids) = input_ids else {
+            candle_core::bail!("missing input `{INPUT_IDS}`");
+        };
+        Ok(TokenInputs {
+            input_ids,
+            attention_mask,
+            token_type_ids,
+        })
     }
 }

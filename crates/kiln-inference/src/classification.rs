@@ -1,6 +1,9 @@
 //! The Text Classification task: input `text`, output `[{label, score}]` sorted by score.
 //!
-//! The classifier here is zero-shot: it has no trained classification head. It embeds the
+//! This module has the input schema and the zero-shot classifier. Trained checkpoints with a
+//! classification head run in [`crate::sequence_classification`].
+//!
+//! The zero-shot classifier has no trained classification head. It embeds the
 //! text with a sentence encoder and compares it, by cosine similarity, with the mean embedding
 //! of each label's describing sentences; a softmax over the scaled similarities gives the
 //! scores. Its manifest's `extra.zero_shot` holds the encoder id, the scale and the labels.

@@ -345,7 +345,7 @@ fn encode_item(encoding: &Encoding, pooling: Pooling) -> EncodeItem {
 /// Loads `tokenizer.json` without its padding (batches are padded to their longest text) and
 /// with truncation at `max_tokens`, and returns it with its pad token id (0 when it has none).
 /// Bundled tokenizers often pad every text to a fixed 128 tokens, which would waste compute.
-fn load_tokenizer(path: &Path, max_tokens: usize) -> Result<(Tokenizer, i64), String> {
+pub(crate) fn load_tokenizer(path: &Path, max_tokens: usize) -> Result<(Tokenizer, i64), String> {
     let mut tokenizer = Tokenizer::from_file(path)
         .map_err(|error| format!("failed to read {}: {error}", path.display()))?;
     let pad_id = tokenizer
@@ -363,7 +363,7 @@ fn load_tokenizer(path: &Path, max_tokens: usize) -> Result<(Tokenizer, i64), St
 
 /// The token limit: sentence-transformers' `max_seq_length`, else the model's
 /// `max_position_embeddings`, else 512.
-fn max_tokens(
+pub(crate) fn max_tokens(
     sentence_config: Option<std::path::PathBuf>,
     config: Option<std::path::PathBuf>,
 ) -> usize {

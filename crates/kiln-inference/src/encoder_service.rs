@@ -1,6 +1,6 @@
 //! Loading and running the models of every task except text generation: text embeddings,
-//! text classification, image classification and custom ONNX models. Each loaded model owns
-//! a batch worker thread (see [`crate::batching`]).
+//! text classification (zero-shot or trained checkpoints), image classification and custom
+//! ONNX models. Each loaded model owns a batch worker thread (see [`crate::batching`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,12 +17,14 @@ use crate::custom::CustomModel;
 use crate::embeddings::{self, EmbeddingsInput, TextEncoder};
 use crate::engines::OnnxEngineOptions;
 use crate::image_classification::{self, ImageClassifier};
+use crate::sequence_classification::SequenceClassifier;
 use crate::{ErrorKind, InferenceError};
 
 #[derive(Clone)]
 enum Loaded {
     Encoder(TextEncoder),
     ZeroShot(ZeroShotClassifier),
+    Sequence(SequenceClassifier),
     Image(ImageClassifier),
     Custom(CustomModel),
 }
@@ -64,10 +66,11 @@ impl EncoderService {
             }
             Task::TextClassification => {
                 let text = classification::parse_text(input)?;
-                let Loaded::ZeroShot(classifier) = self.load(manifest).await? else {
-                    return Err(wrong_kind(manifest));
-                };
-                classifier.classify(text).await
+                match self.load(manifest).await? {
+                    Loaded::ZeroShot(classifier) => classifier.classify(text).await,
+                    Loaded::Sequence(classifier) => classifier.classify(text).await,
+                    _ => Err(wrong_kind(manifest)),
+                }
             }
             Task::ImageClassification => {
                 let bytes = image_classification::parse_image(input)?;
@@ -103,6 +106,7 @@ impl EncoderService {
             .filter_map(|(id, slot)| {
                 let stats = match slot.get()? {
                     Loaded::Encoder(encoder) => encoder.worker_stats(),
+                    Loaded::Sequence(classifier) => classifier.worker_stats(),
                     Loaded::Image(classifier) => classifier.worker_stats(),
                     Loaded::Custom(model) => model.worker_stats(),
                     Loaded::ZeroShot(_) => return None,
@@ -145,19 +149,14 @@ impl EncoderService {
             "loading model");
         let started = std::time::Instant::now();
 
-        if manifest.task == Task::TextClassification {
-            let config = match ZeroShotConfig::from_extra(&manifest.extra) {
-                Some(config) => config.map_err(unavailable)?,
-                None => {
-                    // NOTE: fine-tuned sequence-classification checkpoints (BERT, DistilBERT)
-                    // are not supported yet; only zero-shot classifiers load.
-                    return Err(unavailable(
-                        "only zero-shot classifiers (extra.zero_shot in the manifest) can run \
-                         text classification on this node"
-                            .into(),
-                    ));
-                }
-            };
+        // A text classifier is zero-shot when its manifest has extra.zero_shot, and a trained
+        // sequence-classification checkpoint otherwise.
+        let zero_shot = match manifest.task {
+            Task::TextClassification => ZeroShotConfig::from_extra(&manifest.extra),
+            _ => None,
+        };
+        if let Some(config) = zero_shot {
+            let config = config.map_err(unavailable)?;
             let encoder_manifest = self
                 .store
                 .get(&config.encoder)
@@ -187,6 +186,9 @@ impl EncoderService {
         let loaded = tokio::task::spawn_blocking(move || match owned.task {
             Task::TextEmbeddings => {
                 TextEncoder::load(&store, &owned, &onnx, batching).map(Loaded::Encoder)
+            }
+            Task::TextClassification => {
+                SequenceClassifier::load(&store, &owned, &onnx, batching).map(Loaded::Sequence)
             }
             Task::ImageClassification if owned.engine == EngineKind::Onnx => {
                 ImageClassifier::load(&store, &owned, &onnx, batching).map(Loaded::Image)

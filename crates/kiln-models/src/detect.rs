@@ -5,6 +5,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::error::IoContext;
+use crate::id::validate_relative_path;
 use crate::manifest::has_extension;
 use crate::{EngineKind, StoreError, Task};
 
@@ -24,6 +25,8 @@ pub const COMPANION_FILES: &[&str] = &[
 
 pub const SAFETENSORS_WEIGHTS: &str = "model.safetensors";
 pub const ONNX_GRAPH: &str = "onnx/model.onnx";
+/// The int8 graph that Hugging Face repositories often publish beside `onnx/model.onnx`.
+pub const ONNX_QUANTIZED_GRAPH: &str = "onnx/model_quantized.onnx";
 /// External tensor data that large ONNX exports keep next to the graph.
 pub const ONNX_EXTERNAL_DATA: &str = "onnx/model.onnx_data";
 const POOLING_CONFIG: &str = "1_Pooling/config.json";
@@ -45,16 +48,24 @@ pub(crate) struct ImportPlan {
 
 /// Detects the format of `source` and lists what to store. `task` overrides
 /// the detected task; `id` decides the default task of `@custom/` ONNX models.
+/// `weights` names the weights file of a folder import, relative to the folder.
 pub(crate) fn plan_import(
     source: &Path,
     id: &str,
     task: Option<Task>,
+    weights: Option<&str>,
 ) -> Result<ImportPlan, StoreError> {
     let metadata = std::fs::metadata(source).at(source)?;
     let plan = if metadata.is_file() {
+        if let Some(weights) = weights {
+            return Err(StoreError::InvalidOptions(format!(
+                "--weights {weights} applies only to folder imports, and {} is a file",
+                source.display()
+            )));
+        }
         plan_file(source, id, task, metadata.len())?
     } else if metadata.is_dir() {
-        plan_folder(source, id, task)?
+        plan_folder(source, id, task, weights)?
     } else {
         return Err(StoreError::UnsupportedFormat {
             path: source.to_path_buf(),
@@ -109,42 +120,48 @@ fn plan_file(
     })
 }
 
-fn plan_folder(source: &Path, id: &str, task: Option<Task>) -> Result<ImportPlan, StoreError> {
+fn plan_folder(
+    source: &Path,
+    id: &str,
+    task: Option<Task>,
+    weights: Option<&str>,
+) -> Result<ImportPlan, StoreError> {
     let has = |relative: &str| join_relative(source, relative).is_file();
 
-    let (engine, weights): (EngineKind, &[&str]) = if has("config.json") && has(SAFETENSORS_WEIGHTS)
-    {
-        check_safetensors(&join_relative(source, SAFETENSORS_WEIGHTS))?;
-        (EngineKind::Safetensors, &[SAFETENSORS_WEIGHTS])
-    } else if has(ONNX_GRAPH) {
-        let graph = join_relative(source, ONNX_GRAPH);
-        let size = std::fs::metadata(&graph).at(&graph)?.len();
-        check_onnx(&graph, size)?;
-        (EngineKind::Onnx, &[ONNX_GRAPH, ONNX_EXTERNAL_DATA])
-    } else {
-        return Err(StoreError::UnsupportedFormat {
-            path: source.to_path_buf(),
-        });
+    // The task is read first because it decides which weights a folder prefers.
+    let detected = match task {
+        Some(task) => Some(task),
+        None => detect_folder_task(source)?,
     };
-
-    let task = match task {
+    let (engine, weights) = match weights {
+        Some(weights) => requested_weights(source, weights)?,
+        None => default_weights(source, detected)?,
+    };
+    let task = match detected {
         Some(task) => task,
-        None => match detect_folder_task(source)? {
-            Some(task) => task,
-            None if engine == EngineKind::Onnx => onnx_default_task(source, id)?,
-            None => {
-                return Err(StoreError::TaskRequired {
-                    path: source.to_path_buf(),
-                })
-            }
-        },
+        None if engine == EngineKind::Onnx => onnx_default_task(source, id)?,
+        None => {
+            return Err(StoreError::TaskRequired {
+                path: source.to_path_buf(),
+            })
+        }
     };
 
-    let files = weights
-        .iter()
-        .chain(COMPANION_FILES)
-        .filter(|relative| has(relative))
-        .map(|relative| (join_relative(source, relative), relative.to_string()))
+    // Large ONNX exports keep their tensors in `{graph}_data` beside the graph.
+    let external_data = format!("{weights}_data");
+    let mut relatives = vec![weights.clone()];
+    if engine == EngineKind::Onnx && has(&external_data) {
+        relatives.push(external_data);
+    }
+    relatives.extend(
+        COMPANION_FILES
+            .iter()
+            .filter(|relative| has(relative))
+            .map(|relative| relative.to_string()),
+    );
+    let files = relatives
+        .into_iter()
+        .map(|relative| (join_relative(source, &relative), relative))
         .collect();
     Ok(ImportPlan {
         engine,
@@ -152,6 +169,72 @@ fn plan_folder(source: &Path, id: &str, task: Option<Task>) -> Result<ImportPlan
         files,
         single_file: false,
     })
+}
+
+/// Chooses the weights of a folder import without `--weights`. Text classifiers prefer an ONNX
+/// graph (full precision, then int8) over `model.safetensors`, because ONNX Runtime runs any
+/// architecture whose export takes token ids, while candle runs only DistilBERT and BERT
+/// classifiers. Other tasks prefer `model.safetensors`. Safetensors weights count only with a
+/// `config.json` beside them.
+fn default_weights(source: &Path, task: Option<Task>) -> Result<(EngineKind, String), StoreError> {
+    let has = |relative: &str| join_relative(source, relative).is_file();
+    let safetensors = has("config.json") && has(SAFETENSORS_WEIGHTS);
+    let candidates: [&str; 3] = if task == Some(Task::TextClassification) {
+        [ONNX_GRAPH, ONNX_QUANTIZED_GRAPH, SAFETENSORS_WEIGHTS]
+    } else {
+        [SAFETENSORS_WEIGHTS, ONNX_GRAPH, ONNX_QUANTIZED_GRAPH]
+    };
+    let chosen = candidates.into_iter().find(|&relative| {
+        if relative == SAFETENSORS_WEIGHTS {
+            safetensors
+        } else {
+            has(relative)
+        }
+    });
+    let Some(relative) = chosen else {
+        return Err(StoreError::UnsupportedFormat {
+            path: source.to_path_buf(),
+        });
+    };
+    check_weights(source, relative)
+}
+
+/// Checks the weights file that `--weights` names, relative to the folder.
+fn requested_weights(source: &Path, relative: &str) -> Result<(EngineKind, String), StoreError> {
+    let relative = relative.trim_start_matches("./");
+    validate_relative_path(relative).map_err(|reason| {
+        StoreError::InvalidOptions(format!("invalid --weights {relative:?}: {reason}"))
+    })?;
+    if !join_relative(source, relative).is_file() {
+        return Err(StoreError::InvalidOptions(format!(
+            "--weights {relative} is not a file in {}",
+            source.display()
+        )));
+    }
+    if relative == SAFETENSORS_WEIGHTS && !join_relative(source, "config.json").is_file() {
+        return Err(StoreError::InvalidOptions(format!(
+            "{} has no config.json, which safetensors weights need",
+            source.display()
+        )));
+    }
+    if relative != SAFETENSORS_WEIGHTS && !has_extension(relative, "onnx") {
+        return Err(StoreError::InvalidOptions(format!(
+            "--weights {relative} is neither {SAFETENSORS_WEIGHTS} nor an .onnx file"
+        )));
+    }
+    check_weights(source, relative)
+}
+
+/// Checks the format of a folder's weights file and returns its engine.
+fn check_weights(source: &Path, relative: &str) -> Result<(EngineKind, String), StoreError> {
+    let path = join_relative(source, relative);
+    if relative == SAFETENSORS_WEIGHTS {
+        check_safetensors(&path)?;
+        return Ok((EngineKind::Safetensors, relative.to_string()));
+    }
+    let size = std::fs::metadata(&path).at(&path)?.len();
+    check_onnx(&path, size)?;
+    Ok((EngineKind::Onnx, relative.to_string()))
 }
 
 fn onnx_default_task(source: &Path, id: &str) -> Result<Task, StoreError> {
@@ -282,4 +365,156 @@ pub(crate) fn join_relative(base: &Path, relative: &str) -> PathBuf {
     let mut path = base.to_path_buf();
     path.extend(relative.split('/'));
     path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLASSIFIER_CONFIG: &str =
+        r#"{"architectures": ["DistilBertForSequenceClassification"], "id2label": {"0": "A"}}"#;
+
+    fn write(folder: &Path, relative: &str, contents: &[u8]) {
+        let path = join_relative(folder, relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, contents).unwrap();
+    }
+
+    /// Returns the smallest valid safetensors file: an 8-byte header length and an empty JSON object.
+    fn safetensors_bytes() -> Vec<u8> {
+        let mut bytes = 2u64.to_le_bytes().to_vec();
+        bytes.extend_from_slice(b"{}");
+        bytes
+    }
+
+    /// Writes a model folder with `config` and the named weights files.
+    fn folder(config: &str, weights: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "config.json", config.as_bytes());
+        write(dir.path(), "tokenizer.json", b"{}");
+        for relative in weights {
+            if *relative == SAFETENSORS_WEIGHTS {
+                write(dir.path(), relative, &safetensors_bytes());
+            } else {
+                write(dir.path(), relative, b"onnx graph");
+            }
+        }
+        dir
+    }
+
+    fn stored_paths(plan: &ImportPlan) -> Vec<&str> {
+        let mut paths: Vec<&str> = plan.files.iter().map(|(_, path)| path.as_str()).collect();
+        paths.sort();
+        paths
+    }
+
+    #[test]
+    fn classifier_prefers_onnx_graphs() {
+        let cases: [(&[&str], EngineKind, &str); 3] = [
+            (
+                &[SAFETENSORS_WEIGHTS, ONNX_GRAPH, ONNX_QUANTIZED_GRAPH],
+                EngineKind::Onnx,
+                ONNX_GRAPH,
+            ),
+            (
+                &[SAFETENSORS_WEIGHTS, ONNX_QUANTIZED_GRAPH],
+                EngineKind::Onnx,
+                ONNX_QUANTIZED_GRAPH,
+            ),
+            (
+                &[SAFETENSORS_WEIGHTS],
+                EngineKind::Safetensors,
+                SAFETENSORS_WEIGHTS,
+            ),
+        ];
+        for (weights, engine, chosen) in cases {
+            let dir = folder(CLASSIFIER_CONFIG, weights);
+            let plan = plan_import(dir.path(), "classifier", None, None).unwrap();
+            assert_eq!(plan.task, Task::TextClassification, "{weights:?}");
+            assert_eq!(plan.engine, engine, "{weights:?}");
+            let mut expected = vec!["config.json", chosen, "tokenizer.json"];
+            expected.sort();
+            assert_eq!(stored_paths(&plan), expected, "{weights:?}");
+        }
+    }
+
+    #[test]
+    fn embeddings_still_prefer_safetensors() {
+        let dir = folder(
+            r#"{"architectures": ["BertModel"]}"#,
+            &[SAFETENSORS_WEIGHTS, ONNX_GRAPH],
+        );
+        write(dir.path(), "1_Pooling/config.json", b"{}");
+        let plan = plan_import(dir.path(), "encoder", None, None).unwrap();
+        assert_eq!(plan.task, Task::TextEmbeddings);
+        assert_eq!(plan.engine, EngineKind::Safetensors);
+        assert!(!stored_paths(&plan).contains(&ONNX_GRAPH));
+    }
+
+    #[test]
+    fn weights_option_picks_the_file() {
+        let dir = folder(
+            CLASSIFIER_CONFIG,
+            &[SAFETENSORS_WEIGHTS, ONNX_GRAPH, ONNX_QUANTIZED_GRAPH],
+        );
+        write(dir.path(), "onnx/model_quantized.onnx_data", b"tensors");
+        let cases = [
+            (ONNX_QUANTIZED_GRAPH, EngineKind::Onnx),
+            ("./onnx/model_quantized.onnx", EngineKind::Onnx),
+            (SAFETENSORS_WEIGHTS, EngineKind::Safetensors),
+        ];
+        for (weights, engine) in cases {
+            let plan = plan_import(dir.path(), "classifier", None, Some(weights)).unwrap();
+            assert_eq!(plan.engine, engine, "{weights}");
+            let paths = stored_paths(&plan);
+            let relative = weights.trim_start_matches("./");
+            assert!(paths.contains(&relative), "{weights}: {paths:?}");
+            let weights_files = paths
+                .iter()
+                .filter(|path| path.ends_with(".onnx") || path.ends_with(".safetensors"))
+                .count();
+            assert_eq!(weights_files, 1, "{weights}: {paths:?}");
+        }
+        let plan = plan_import(dir.path(), "classifier", None, Some(ONNX_QUANTIZED_GRAPH)).unwrap();
+        assert!(stored_paths(&plan).contains(&"onnx/model_quantized.onnx_data"));
+    }
+
+    #[test]
+    fn weights_option_rejects_bad_paths() {
+        let dir = folder(CLASSIFIER_CONFIG, &[SAFETENSORS_WEIGHTS, ONNX_GRAPH]);
+        let cases = [
+            ("onnx/model_quantized.onnx", "not a file"),
+            ("tokenizer.json", "neither"),
+            ("../model.onnx", "invalid --weights"),
+            ("/etc/model.onnx", "invalid --weights"),
+        ];
+        for (weights, expected) in cases {
+            let error = plan_import(dir.path(), "classifier", None, Some(weights)).unwrap_err();
+            assert!(
+                matches!(error, StoreError::InvalidOptions(_)),
+                "{weights}: {error}"
+            );
+            assert!(error.to_string().contains(expected), "{weights}: {error}");
+        }
+
+        let file = dir
+            .path()
+            .join(ONNX_GRAPH.replace('/', std::path::MAIN_SEPARATOR_STR));
+        let error = plan_import(&file, "@custom/m", None, Some(ONNX_GRAPH)).unwrap_err();
+        assert!(error.to_string().contains("folder imports"), "{error}");
+    }
+
+    #[test]
+    fn safetensors_weights_need_config() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), SAFETENSORS_WEIGHTS, &safetensors_bytes());
+        let error = plan_import(
+            dir.path(),
+            "classifier",
+            Some(Task::TextClassification),
+            Some(SAFETENSORS_WEIGHTS),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("no config.json"), "{error}");
+    }
 }

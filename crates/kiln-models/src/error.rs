@@ -30,7 +30,8 @@ pub enum StoreError {
 
     #[error(
         "unsupported model format at {path}: expected a .gguf file, a .onnx file, \
-         a folder with config.json and model.safetensors, or a folder with onnx/model.onnx"
+         a folder with config.json and model.safetensors, or a folder with onnx/model.onnx \
+         or onnx/model_quantized.onnx"
     )]
     UnsupportedFormat { path: PathBuf },
 

@@ -26,6 +26,10 @@ pub struct ImportOptions {
     pub source: Option<String>,
     pub aliases: Vec<String>,
     pub description: Option<String>,
+    /// Weights file of a folder import, relative to the folder: `model.safetensors` or an
+    /// `.onnx` graph such as `onnx/model_quantized.onnx`. `None` lets the importer choose
+    /// (see [`ModelStore::import`]). Rejected for single-file imports.
+    pub weights: Option<String>,
     /// Expected SHA-256 (hex) of a single-file import; rejected for folders.
     pub expected_sha256: Option<String>,
     /// Show a progress bar on stderr while hashing and copying.
@@ -128,7 +132,13 @@ impl ModelStore {
 
     /// Imports a model file or folder under `options.id` and returns its manifest.
     /// The accepted formats are a `.gguf` file, a `.onnx` file, a folder with
-    /// `config.json` and `model.safetensors`, and a folder with `onnx/model.onnx`.
+    /// `config.json` and `model.safetensors`, and a folder with `onnx/model.onnx` or
+    /// `onnx/model_quantized.onnx`.
+    ///
+    /// A folder import stores one weights file: `options.weights` when set, else the first
+    /// present of `onnx/model.onnx`, `onnx/model_quantized.onnx` and `model.safetensors` for
+    /// text classifiers, and of `model.safetensors`, `onnx/model.onnx` and
+    /// `onnx/model_quantized.onnx` for other tasks.
     pub fn import(&self, source: &Path, options: &ImportOptions) -> Result<Manifest, StoreError> {
         let transfer = if options.link {
             Transfer::Link
@@ -159,7 +169,7 @@ impl ModelStore {
         self.check_names_free(id, &aliases)?;
 
         tracing::info!(id, source = %source.display(), "importing model");
-        let plan = plan_import(source, id, options.task)?;
+        let plan = plan_import(source, id, options.task, options.weights.as_deref())?;
         if expected_sha256.is_some() && !plan.single_file {
             return Err(StoreError::InvalidOptions(format!(
                 "an expected SHA-256 applies only to single-file imports, and {} is a folder",

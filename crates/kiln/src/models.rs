@@ -20,8 +20,8 @@ pub enum ModelsCommand {
         json: bool,
     },
     /// Import a model file or folder: a .gguf file, a .onnx file, or a Hugging Face style
-    /// folder (config.json with model.safetensors or onnx/model.onnx). Files are hashed and
-    /// copied into the models folder.
+    /// folder (config.json with model.safetensors, onnx/model.onnx or
+    /// onnx/model_quantized.onnx). Files are hashed and copied into the models folder.
     Import {
         #[command(flatten)]
         paths: NodePaths,
@@ -34,6 +34,13 @@ pub enum ModelsCommand {
         /// image-classification or custom. Default: detected from the files.
         #[arg(long)]
         task: Option<Task>,
+        /// Weights file to import from a folder, relative to it: model.safetensors or an .onnx
+        /// graph such as onnx/model_quantized.onnx. Default for text classifiers:
+        /// onnx/model.onnx, else onnx/model_quantized.onnx, else model.safetensors. Default
+        /// for other tasks: model.safetensors, else onnx/model.onnx, else
+        /// onnx/model_quantized.onnx.
+        #[arg(long, value_name = "FILE")]
+        weights: Option<String>,
         /// Link the files (hard link, else symbolic link) instead of copying them.
         #[arg(long)]
         link: bool,
@@ -101,6 +108,7 @@ pub fn run(command: ModelsCommand) -> anyhow::Result<()> {
             path,
             id,
             task,
+            weights,
             link,
             sha256,
             license,
@@ -112,6 +120,7 @@ pub fn run(command: ModelsCommand) -> anyhow::Result<()> {
             let options = ImportOptions {
                 id,
                 task,
+                weights,
                 link,
                 license,
                 source: source.or_else(|| Some(format!("file:{}", path.display()))),
