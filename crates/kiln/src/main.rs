@@ -3,6 +3,7 @@
 
 mod bench;
 mod dev;
+mod kv;
 mod logging;
 mod models;
 mod serve;
@@ -33,9 +34,32 @@ enum Command {
     /// List, import, pull, verify and remove installed models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Read and write KV namespaces, locally or on a running node.
+    #[command(subcommand)]
+    Kv(kv::KvCommand),
+    /// Create admin API tokens.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
     /// Measure model speed.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum TokensCommand {
+    /// Create a token and print it on the last line. Only its hash is stored, in the data
+    /// folder's tokens.json.
+    Create {
+        /// What the token allows: deploy, models, kv or read.
+        #[arg(long, value_parser = kiln_server::Scope::parse)]
+        scope: kiln_server::Scope,
+        /// The node's data folder. Default: KILN_DATA_DIR, else the config's data_dir, else
+        /// $KILN_HOME/data.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        paths: NodePaths,
+    },
 }
 
 #[derive(Subcommand)]
@@ -94,6 +118,12 @@ fn main() -> ExitCode {
             logging::init_cli();
             models::run(command)
         }
+        Command::Kv(command) => kv::run(command),
+        Command::Tokens(TokensCommand::Create {
+            scope,
+            data_dir,
+            paths,
+        }) => create_token(scope, data_dir, &paths),
         Command::Bench(BenchCommand::Generate(args)) => bench::run(args),
     };
     match result {
@@ -103,6 +133,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn create_token(
+    scope: kiln_server::Scope,
+    data_dir: Option<PathBuf>,
+    paths: &NodePaths,
+) -> anyhow::Result<()> {
+    let config = paths.load_config()?;
+    let data_dir = serve::data_dir(data_dir, &config)?;
+    let token = kiln_server::TokenStore::new(&data_dir).create(scope)?;
+    eprintln!(
+        "created a {} token; it is shown only once, store it now:",
+        scope.as_str()
+    );
+    println!("{token}");
+    Ok(())
 }
 
 /// Joins an error and its causes with ": ", leaving out a cause whose text the message already

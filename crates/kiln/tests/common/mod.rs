@@ -34,7 +34,7 @@ pub struct Node {
     pub base: String,
     /// Everything the node wrote to stderr (its log) so far.
     pub log: Arc<Mutex<String>>,
-    _home: tempfile::TempDir,
+    _home: Option<tempfile::TempDir>,
 }
 
 impl Node {
@@ -46,7 +46,15 @@ impl Node {
     /// Starts a node on the models in `models` with `config` as its kiln.toml.
     pub fn start_with_models(models: &std::path::Path, config: &str) -> Node {
         let home = tempfile::tempdir().expect("temp dir");
-        let config_path = home.path().join("kiln.toml");
+        let mut node = Self::start_at(models, config, home.path());
+        node._home = Some(home);
+        node
+    }
+
+    /// Starts a node whose KILN_HOME (config, and data in `home/data`) is `home`, which
+    /// outlives the process, so a later node can start on the same data.
+    pub fn start_at(models: &std::path::Path, config: &str, home: &std::path::Path) -> Node {
+        let config_path = home.join("kiln.toml");
         std::fs::write(&config_path, config).expect("write kiln.toml");
         let port = free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
@@ -56,8 +64,8 @@ impl Node {
             .arg("--models-dir")
             .arg(models)
             .arg("--data-dir")
-            .arg(home.path().join("data"))
-            .env("KILN_HOME", home.path())
+            .arg(home.join("data"))
+            .env("KILN_HOME", home)
             .env_remove("KILN_MODELS_DIR")
             .env_remove("KILN_DATA_DIR")
             .stdout(Stdio::null())
@@ -71,7 +79,7 @@ impl Node {
             child,
             base: format!("http://127.0.0.1:{port}"),
             log,
-            _home: home,
+            _home: None,
         };
         node.wait_ready();
         node
@@ -127,6 +135,14 @@ impl Node {
             std::thread::sleep(Duration::from_millis(50));
         }
         None
+    }
+}
+
+impl Node {
+    /// Kills the process with SIGKILL, as a crash would, and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

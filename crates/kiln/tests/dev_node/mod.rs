@@ -22,7 +22,7 @@ pub struct DevNode {
     pub base: String,
     /// Everything the node wrote to stderr (its JSON log) so far.
     log: Arc<Mutex<String>>,
-    _home: tempfile::TempDir,
+    _home: Option<tempfile::TempDir>,
 }
 
 impl DevNode {
@@ -33,7 +33,15 @@ impl DevNode {
     /// tests run several nodes at once and spinning threads on few cores slow every node down.
     pub fn start(dir: &Path, config: &str) -> DevNode {
         let home = tempfile::tempdir().expect("temp dir");
-        let config_path = home.path().join("kiln.toml");
+        let mut node = Self::start_at(dir, config, home.path());
+        node._home = Some(home);
+        node
+    }
+
+    /// Like [`DevNode::start`], with `home` as KILN_HOME, so that its data (KV) outlives the
+    /// process and a second node can start on it.
+    pub fn start_at(dir: &Path, config: &str, home: &Path) -> DevNode {
+        let config_path = home.join("kiln.toml");
         let config = if config.contains("[llama]") {
             config.to_owned()
         } else {
@@ -50,7 +58,7 @@ impl DevNode {
             .arg(&config_path)
             .arg("--models-dir")
             .arg(crate::common::models_dir())
-            .env("KILN_HOME", home.path())
+            .env("KILN_HOME", home)
             .env_remove("KILN_MODELS_DIR")
             .env_remove("KILN_DATA_DIR")
             .env_remove("RUST_LOG")
@@ -66,7 +74,7 @@ impl DevNode {
             child,
             base: format!("http://127.0.0.1:{port}"),
             log,
-            _home: home,
+            _home: None,
         };
         node.wait_for_log("kiln dev listening", Duration::from_secs(60));
         node
