@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Export a BERT-family sentence encoder from safetensors to an ONNX graph, without PyTorch.
 
-The source folder holds a Hugging Face `BertModel` (config.json, model.safetensors,
+The source folder contains a Hugging Face `BertModel` (config.json, model.safetensors,
 tokenizer.json and the sentence-transformers files). The script builds the encoder's forward
 pass node by node with the `onnx` helpers, reading the weights with safetensors' numpy API, and
 writes a Kiln model folder: `onnx/model.onnx` plus the source's tokenizer and configuration
@@ -175,7 +175,7 @@ def gelu(graph: GraphBuilder, x: str) -> str:
 
 
 def encoder_layer(graph, weights, x, index, config, mask_bias) -> str:
-    """One BERT layer: self-attention and feed-forward, each with a residual and LayerNorm."""
+    """Adds one BERT layer: self-attention and feed-forward, each with a residual and LayerNorm."""
     prefix = f"encoder.layer.{index}."
     hidden = config["hidden_size"]
     heads = config["num_attention_heads"]

