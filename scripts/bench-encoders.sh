@@ -41,7 +41,7 @@ venv=${REFERENCE_VENV:-$root/.kiln-test/reference-venv}
 threads=${THREADS:-2}
 rounds=${ROUNDS:-5}
 if ((rounds < 2)); then
-  echo "error: ROUNDS=$rounds; the spread needs at least 2 rounds" >&2
+  echo "error: ROUNDS=$rounds is invalid: the spread needs at least 2 rounds" >&2
   exit 1
 fi
 
