@@ -10,12 +10,12 @@
 # second or two.
 #
 # The embedding model all-MiniLM-L6-v2 ships as safetensors. The script exports it to ONNX with
-# scripts/export-encoder-onnx.py (in a venv of that script's pinned requirements, no PyTorch),
-# checks that Kiln on ONNX Runtime reproduces the sentence-transformers golden vectors of
-# crates/kiln/tests/data/embeddings_golden.json within 1e-4, and installs the export, so the
-# bundled model runs on ONNX Runtime. An earlier safetensors install of it is replaced. The
-# check starts `kiln serve`, which needs ONNX Runtime: when ORT_DYLIB_PATH is unset and
-# $KILN_HOME/lib has no library, the script runs scripts/install-onnxruntime.sh first.
+# scripts/export-encoder-onnx.py, in a venv of that script's pinned requirements (no PyTorch).
+# It then checks that Kiln on ONNX Runtime reproduces the sentence-transformers golden vectors
+# of crates/kiln/tests/data/embeddings_golden.json within 1e-4, and only then installs the
+# export, so the bundled model runs on ONNX Runtime. An earlier safetensors install of it is
+# replaced. The check starts `kiln serve`, which needs ONNX Runtime: when ORT_DYLIB_PATH is
+# unset and $KILN_HOME/lib has no library, the script runs scripts/install-onnxruntime.sh first.
 #
 # Environment:
 #   KILN_BIN          the kiln binary (default: target/release/kiln of this checkout)
