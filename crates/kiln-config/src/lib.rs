@@ -222,7 +222,8 @@ pub struct BatchingSettings {
     pub max_batch_size: usize,
     /// Maximum tokens (before padding) in one forward pass of a text model.
     pub max_batch_tokens: usize,
-    /// How long, in milliseconds, a model waits for more requests before it runs a batch.
+    /// How long, in milliseconds, a model waits for more requests before it runs a batch. With
+    /// 0 a batch starts as soon as the model is free and holds every request queued by then.
     pub max_wait_ms: u64,
     /// Requests that may wait per model; more get 429 with Retry-After.
     pub queue_capacity: usize,
@@ -233,7 +234,7 @@ impl Default for BatchingSettings {
         Self {
             max_batch_size: 32,
             max_batch_tokens: 16_384,
-            max_wait_ms: 2,
+            max_wait_ms: 0,
             queue_capacity: 256,
         }
     }

@@ -34,7 +34,7 @@ impl Default for BatchOptions {
         Self {
             max_batch_size: 32,
             max_batch_tokens: 16_384,
-            max_wait: Duration::from_millis(2),
+            max_wait: Duration::ZERO,
             queue_capacity: 256,
         }
     }
