@@ -158,7 +158,7 @@ async fn execute(command: KvCommand) -> anyhow::Result<()> {
             let ids = match open(target).await? {
                 Store::Local(kv) => kv.list_namespaces().await?,
                 Store::Remote(remote) => {
-                    let result = remote.json(reqwest::Method::GET, &["namespaces"], None).await?;
+                    let result = remote.json(reqwest::Method::GET, &["namespaces"]).await?;
                     serde_json::from_value(result["namespaces"].clone())?
                 }
             };
@@ -170,7 +170,7 @@ async fn execute(command: KvCommand) -> anyhow::Result<()> {
                     kv.create_namespace(&id).await?;
                 }
                 Store::Remote(remote) => {
-                    remote.json(reqwest::Method::POST, &["namespaces", &id], None).await?;
+                    remote.json(reqwest::Method::POST, &["namespaces", &id]).await?;
                 }
             }
             eprintln!("created namespace {id}");
@@ -179,7 +179,7 @@ async fn execute(command: KvCommand) -> anyhow::Result<()> {
             match open(target).await? {
                 Store::Local(kv) => kv.delete_namespace(&id).await?,
                 Store::Remote(remote) => {
-                    remote.json(reqwest::Method::DELETE, &["namespaces", &id], None).await?;
+                    remote.json(reqwest::Method::DELETE, &["namespaces", &id]).await?;
                 }
             }
             eprintln!("deleted namespace {id}");
@@ -338,7 +338,7 @@ async fn key_command(command: KeyCommand) -> anyhow::Result<()> {
             Store::Local(kv) => kv.namespace(&namespace.id).delete(&key).await?,
             Store::Remote(remote) => {
                 let path = ["namespaces", namespace.id.as_str(), "values", key.as_str()];
-                remote.json(reqwest::Method::DELETE, &path, None).await?;
+                remote.json(reqwest::Method::DELETE, &path).await?;
             }
         },
     }
@@ -389,17 +389,9 @@ impl Remote {
         self.client.request(method, url).bearer_auth(&self.token)
     }
 
-    async fn json(
-        &self,
-        method: reqwest::Method,
-        path: &[&str],
-        body: Option<Value>,
-    ) -> anyhow::Result<Value> {
-        let mut request = self.request(method, path);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        self.send_json(request).await
+    /// Sends a request without a body and returns the `result` of a successful answer.
+    async fn json(&self, method: reqwest::Method, path: &[&str]) -> anyhow::Result<Value> {
+        self.send_json(self.request(method, path)).await
     }
 
     /// Sends the request and returns the `result` of a successful answer.

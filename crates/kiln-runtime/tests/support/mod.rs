@@ -82,10 +82,12 @@ pub fn start(files: &[(&str, &str)], limits: Limits) -> Result<TestWorker, Start
         main: files[0].0.into(),
         vars: serde_json::from_value(json!({"GREETING": "hello", "LIMIT": 3})).expect("vars"),
         ai_binding: Some("AI".into()),
+        kv_namespaces: Vec::new(),
         limits,
     };
     let services = Services {
         ai: Some(ai.clone()),
+        kv: None,
         tokio: runtime().handle().clone(),
     };
     let worker = Worker::start(spec, services)?;
