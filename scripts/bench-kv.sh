@@ -8,6 +8,8 @@
 #   kiln redis      `kiln dev` with `[kv] backend = "redis"` on the redis-server below
 #   workerd         workerd from the npm package pinned in bench/kv-worker/workerd-pin, with the
 #                   KV binding served by an in-memory store worker (bench/kv-worker/workerd)
+#   workerd disk    the same workerd process, with the KV binding served by a store in a
+#                   Durable Object whose SQLite file is in a temporary folder
 #   redis-benchmark `redis-benchmark -t get,set -d 100` against the same redis-server, with 50
 #                   clients (its default) and with 1 client
 #
@@ -18,7 +20,8 @@
 #                   sequence; ops/s is the count over the request's time seen by the client
 #   per request     sequential requests that each do one get (or one put), sent over one
 #                   keep-alive connection by bench/kv-worker/loadgen.py, at most REQUESTS
-#                   requests or MAX_SECONDS seconds; p50 and p99 include HTTP and the client
+#                   requests or MAX_SECONDS seconds; p50 and p99 include HTTP and the client,
+#                   and "noop" requests, which make no KV call, show that part alone
 #
 # Every round runs each case once in the same order. The script prints the mean and sample
 # standard deviation over ROUNDS rounds as Markdown, and the load average before and after,
@@ -155,19 +158,25 @@ start_kiln kiln-redis "$redis_kiln_port" "$work/redis.toml"
 # workerd resolves `embed` paths against the config file, so the config and both modules go
 # into one folder.
 workerd_port=$(free_port)
-mkdir -p "$work/workerd"
-cp "$bench_dir/index.js" "$bench_dir/workerd/kv-store.js" "$work/workerd/"
-sed "s/@PORT@/$workerd_port/" "$bench_dir/workerd/config.capnp.in" >"$work/workerd/config.capnp"
+workerd_disk_port=$(free_port)
+mkdir -p "$work/workerd" "$work/workerd-disk-data"
+cp "$bench_dir/index.js" "$bench_dir/workerd/kv-store.js" "$bench_dir/workerd/kv-store-disk.js" \
+  "$work/workerd/"
+sed -e "s/@PORT@/$workerd_port/" -e "s/@DISK_PORT@/$workerd_disk_port/" \
+  -e "s#@DISK_DIR@#$work/workerd-disk-data#" \
+  "$bench_dir/workerd/config.capnp.in" >"$work/workerd/config.capnp"
 "$workerd" serve "$work/workerd/config.capnp" >"$work/workerd.log" 2>&1 &
 pids+=($!)
 wait_http "$workerd_port" workerd
+wait_http "$workerd_disk_port" workerd
 
 declare -A ports=(
   [kiln-embedded]=$embedded_port
   [kiln-redis]=$redis_kiln_port
   [workerd]=$workerd_port
+  [workerd-disk]=$workerd_disk_port
 )
-systems=(kiln-embedded kiln-redis workerd)
+systems=(kiln-embedded kiln-redis workerd workerd-disk)
 
 for system in "${systems[@]}"; do
   status=$(curl -s -o "$work/fill.out" -w '%{http_code}' -X POST \
@@ -239,6 +248,7 @@ for round in $(seq "$rounds"); do
     run_loop "$system" put "$loop_puts"
     run_requests "$system" get
     run_requests "$system" put
+    run_requests "$system" noop
   done
   run_redis_benchmark 50
   run_redis_benchmark 1
@@ -264,7 +274,7 @@ for line in open(sys.argv[1]):
     system, metric, value = line.rstrip("\n").split("\t")
     values[(system, metric)].append(float(value))
 
-systems = ["kiln-embedded", "kiln-redis", "workerd"]
+systems = ["kiln-embedded", "kiln-redis", "workerd", "workerd-disk"]
 metrics = [
     "loop get ops/s",
     "loop put ops/s",
@@ -272,6 +282,8 @@ metrics = [
     "request get p99_us",
     "request put p50_us",
     "request put p99_us",
+    "request noop p50_us",
+    "request noop p99_us",
     "request get requests_per_second",
     "request put requests_per_second",
 ]
@@ -292,17 +304,20 @@ for metric in metrics:
     print(f"| {metric} | " + " | ".join(cell(system, metric) for system in systems) + " |")
 
 print()
-print("Ratios of the means (Kiln / workerd; for latency, below 1 means Kiln is faster):")
+print("Ratios of the means (for latency, below 1 means Kiln is faster):")
 print()
-print("| metric | kiln-embedded / workerd | kiln-redis / workerd |")
-print("| --- | --- | --- |")
+pairs = [
+    ("kiln-embedded", "workerd-disk"),
+    ("kiln-embedded", "workerd"),
+    ("kiln-redis", "workerd"),
+]
+print("| metric | " + " | ".join(f"{a} / {b}" for a, b in pairs) + " |")
+print("| --- " * (len(pairs) + 1) + "|")
 for metric in metrics:
-    base = values.get(("workerd", metric))
-    if not base:
-        continue
     ratios = []
-    for system in ("kiln-embedded", "kiln-redis"):
-        ratios.append(f"{statistics.mean(values[(system, metric)]) / statistics.mean(base):.2f}")
+    for system, base in pairs:
+        mean = statistics.mean(values[(system, metric)])
+        ratios.append(f"{mean / statistics.mean(values[(base, metric)]):.2f}")
     print(f"| {metric} | " + " | ".join(ratios) + " |")
 
 print()

@@ -6,6 +6,7 @@
 //   GET  /loop?op=get&n=N  runs N sequential gets (or puts with op=put) in this one request
 //   GET  /get?i=I          one get of key I; the response body is the value
 //   GET  /put?i=I          one put of key I
+//   GET  /noop?i=I         no KV call, for the cost of the request alone
 //
 // /loop returns {"op", "n", "ms"}, where ms is the loop's time as the worker's clock measures
 // it. The script times the whole request from the client as well.
@@ -77,6 +78,8 @@ export default {
         }
         case "/put":
           await env.KV.put(`single-${intParam(url, "i", 0)}`, VALUE);
+          return new Response("ok");
+        case "/noop":
           return new Response("ok");
         default:
           return new Response(`no route for ${url.pathname}`, { status: 404 });
