@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Measures KV get and put as a worker sees them, through Kiln and through workerd, next to
+# Measures KV get and put as timed from a worker, through Kiln and through workerd, next to
 # redis-benchmark, in one run on this machine. The worker is bench/kv-worker/index.js, served
 # unchanged by every runtime with 100-byte values under KEYS keys (default 1000):
 #
@@ -110,7 +110,7 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# Waits until GET /get?i=0 on PORT answers at all (404 is fine before /fill).
+# Waits until GET /get?i=0 on PORT gets any HTTP response (404 is expected before /fill).
 wait_http() {
   local port=$1 name=$2
   for _ in $(seq 100); do
@@ -119,7 +119,7 @@ wait_http() {
     fi
     sleep 0.1
   done
-  echo "error: $name did not answer on 127.0.0.1:$port within 10 s; its log:" >&2
+  echo "error: $name did not respond on 127.0.0.1:$port within 10 s; its log:" >&2
   cat "$work/$name.log" >&2
   exit 1
 }

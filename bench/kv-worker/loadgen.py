@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Send sequential HTTP requests over one keep-alive connection and print latency percentiles.
 
-Each request is a GET of PATH with "i=<n>" appended, n cycling over 0..KEYS-1. The run stops
+Each request is a GET of PATH with "i=<n>" appended, n spread over 0..KEYS-1. The run stops
 after COUNT requests or SECONDS seconds, whichever comes first. The latency of a request is the
 time from sending it to reading its whole body, so it includes HTTP parsing on both sides and
 this client's own overhead. A response other than 200 counts as an error.

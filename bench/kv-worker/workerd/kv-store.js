@@ -1,6 +1,8 @@
 // In-memory store behind workerd's KV binding. workerd turns env.KV.get(key) into an HTTP GET
-// of "/<percent-encoded key>" on the bound service (a PUT with the value as body for put), and
-// reads 404 as a missing key. Only get and put, which the benchmark uses, are implemented.
+// of "/<key>" on the bound service (a PUT with the value as body for put), and reads 404 as a
+// missing key, as workerd's own test service src/workerd/api/kv-test.js expects. Only get and
+// put, which the benchmark uses, are implemented.
+// NOTE: the benchmark's keys are plain ASCII, so the percent-decoding of other keys is untested.
 const entries = new Map();
 
 export default {
