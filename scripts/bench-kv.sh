@@ -35,7 +35,8 @@
 #
 # Environment: KILN_BIN (default target/release/kiln), ROUNDS (5, at least 2), KEYS (1000),
 # LOOP_GETS (5000), LOOP_PUTS (1000), REQUESTS (2000), MAX_SECONDS (10), REDIS_REQUESTS (100000),
-# CARGO_TARGET_DIR (where to look for the crate's bench binary, default target).
+# CARGO_TARGET_DIR (where to look for the crate's bench binary, default target), WORKERD_PREFIX
+# (where workerd is installed, default .bench/workerd).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -54,10 +55,11 @@ fi
 
 bench_dir=$root/bench/kv-worker
 pin_dir=$bench_dir/workerd-pin
-workerd_prefix=$root/.bench/workerd
+workerd_prefix=${WORKERD_PREFIX:-$root/.bench/workerd}
 workerd_version=1.20261123.1
-# SHA-512 of the linux-x64 binary package's tarball, as the lockfile records it. npm ci rejects
-# a tarball that does not match the lockfile, and this check rejects a lockfile that was changed.
+# SHA-512 of the linux-x64 binary package's tarball, as the lockfile records it. The script
+# checks the lockfile and the downloaded tarball against it, because npm ci skips an optional
+# package whose tarball fails the integrity check instead of failing.
 workerd_integrity="sha512-hQs6svgH3YxdgKw7K0IVZ/gmeW49/z4UEHcxpsQHEa6Y2ZabUQef7YCI/BVcaCoHHp8p3cE/cziU3qh9ALIICw=="
 
 for tool in "$kiln" redis-server redis-cli redis-benchmark npm python3 curl; do
@@ -93,6 +95,28 @@ if [[ "$installed_version" != "$workerd_version" || ! -x "$workerd" ]]; then
   cp "$pin_dir/package.json" "$pin_dir/package-lock.json" "$workerd_prefix/"
   # The binary comes from the platform package, so the wrapper's postinstall is not needed.
   npm ci --prefix "$workerd_prefix" --ignore-scripts --no-audit --no-fund >&2
+  if [[ ! -x "$workerd" ]]; then
+    echo "error: npm ci did not install $workerd; npm skips the optional" \
+      "@cloudflare/workerd-linux-64 when its tarball fails the lockfile's integrity check" >&2
+    exit 1
+  fi
+  # npm pack takes the tarball from npm's cache, which npm ci has just filled.
+  mkdir -p "$workerd_prefix/tarball"
+  npm pack "@cloudflare/workerd-linux-64@$workerd_version" \
+    --pack-destination "$workerd_prefix/tarball" --silent >/dev/null
+  tarball_integrity=$(python3 -c '
+import base64, glob, hashlib, sys
+(path,) = glob.glob(sys.argv[1] + "/*.tgz")
+digest = hashlib.sha512(open(path, "rb").read()).digest()
+print("sha512-" + base64.b64encode(digest).decode())
+' "$workerd_prefix/tarball")
+  if [[ "$tarball_integrity" != "$workerd_integrity" ]]; then
+    rm -rf "$workerd_prefix"
+    echo "error: the @cloudflare/workerd-linux-64 $workerd_version tarball has" \
+      "$tarball_integrity, expected $workerd_integrity; removed $workerd_prefix" >&2
+    exit 1
+  fi
+  echo "workerd tarball matches $workerd_integrity" >&2
 fi
 
 work=$(mktemp -d)
