@@ -179,7 +179,7 @@ start_kiln kiln-embedded "$embedded_port" "$work/embedded.toml"
 redis_kiln_port=$(free_port)
 start_kiln kiln-redis "$redis_kiln_port" "$work/redis.toml"
 
-# workerd resolves `embed` paths against the config file, so the config and both modules go
+# workerd resolves `embed` paths against the config file, so the config and the three modules go
 # into one folder.
 workerd_port=$(free_port)
 workerd_disk_port=$(free_port)
