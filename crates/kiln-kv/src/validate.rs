@@ -19,6 +19,14 @@ pub const MAX_LIST_LIMIT: i64 = 1000;
 pub const MAX_BULK_GET_KEYS: usize = 100;
 /// Maximum namespace id length in UTF-8 bytes.
 pub const MAX_NAMESPACE_ID_BYTES: usize = 512;
+/// Prefix of the namespace ids that the node keeps for itself, such as its inference cache.
+/// Workers and the admin API cannot reach them.
+pub const RESERVED_NAMESPACE_PREFIX: &str = "__kiln";
+
+/// Whether `id` names one of the node's own namespaces.
+pub fn is_reserved_namespace(id: &str) -> bool {
+    id.starts_with(RESERVED_NAMESPACE_PREFIX)
+}
 
 /// Checks a key name: 1 to 512 UTF-8 bytes, and neither `.` nor `..`.
 pub(crate) fn check_key(op: &'static str, key: &str) -> Result<(), KvError> {

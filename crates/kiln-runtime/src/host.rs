@@ -55,6 +55,8 @@ pub(crate) struct HostState {
     pub call_owner: HashMap<u64, Option<u64>>,
     /// KV namespaces by binding name.
     pub kv: HashMap<String, kiln_kv::Namespace>,
+    /// KV operations made so far by each request still in flight.
+    pub kv_calls: HashMap<u64, u32>,
     streams: HashMap<u64, ForwardedStream>,
     next_stream: u64,
     /// A limit that a request broke, found while handling a JavaScript error.
@@ -85,6 +87,7 @@ impl HostState {
             timer_owner: HashMap::new(),
             call_owner: HashMap::new(),
             kv,
+            kv_calls: HashMap::new(),
             streams: HashMap::new(),
             next_stream: 1,
             breach: None,

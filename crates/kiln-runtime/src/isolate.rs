@@ -187,6 +187,17 @@ impl Isolate {
         events: &mpsc::Sender<Event>,
         generation: u64,
     ) -> Result<Isolate, StartError> {
+        if let Some((binding, id)) = spec
+            .kv_namespaces
+            .iter()
+            .find(|(_, id)| kiln_kv::is_reserved_namespace(id))
+        {
+            return Err(StartError(format!(
+                "the KV binding {binding} names namespace {id:?}, but ids starting with {} are \
+                 reserved for the node: choose another id",
+                kiln_kv::RESERVED_NAMESPACE_PREFIX
+            )));
+        }
         let engine_error = |err: rquickjs::Error| StartError(format!("QuickJS failed: {err}"));
         let runtime = Runtime::new().map_err(engine_error)?;
         runtime.set_memory_limit(spec.limits.memory_bytes);
@@ -449,6 +460,7 @@ impl Isolate {
             } else {
                 self.cpu_used.remove(&number);
                 state.request_ids.remove(&number);
+                state.kv_calls.remove(&number);
             }
         }
     }

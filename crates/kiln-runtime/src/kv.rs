@@ -17,6 +17,19 @@ use serde_json::{json, Value};
 use crate::host::{copy_bytes, SharedState};
 use crate::isolate::Event;
 
+/// KV operations one request may make, as on the hosted platform.
+pub(crate) const MAX_CALLS_PER_REQUEST: u32 = 1000;
+
+/// The operation's name in error messages.
+fn op_name(op: &str) -> &'static str {
+    match op {
+        "get" => "GET",
+        "put" => "PUT",
+        "delete" => "DELETE",
+        _ => "LIST",
+    }
+}
+
 /// A settled KV call, before conversion for the isolate.
 pub(crate) enum KvReply {
     /// `get`: the entry, or `None` for a missing or expired key.
@@ -87,6 +100,7 @@ fn start_call(
             Ok(KvReply::Done)
         }),
         _ => Box::pin(async move {
+            // "list", the only other operation the prelude sends.
             let options = ListOptions {
                 prefix: args.prefix,
                 limit: args.limit,
@@ -121,12 +135,28 @@ pub(crate) fn install<'js>(
                 let events = state.events.clone();
                 let generation = state.generation;
                 let value = value.as_ref().map(copy_bytes);
+                let calls = match owner {
+                    Some(number) if state.request_ids.contains_key(&number) => {
+                        let calls = state.kv_calls.entry(number).or_default();
+                        *calls += 1;
+                        *calls
+                    }
+                    _ => 0,
+                };
                 let result = match (state.kv.get(&binding), serde_json::from_str(&args)) {
+                    _ if calls > MAX_CALLS_PER_REQUEST => Err(KvError::Rejected {
+                        op: op_name(&op),
+                        status: 429,
+                        message: format!(
+                            "Too many API requests by single worker invocation: one request may \
+                             make at most {MAX_CALLS_PER_REQUEST} KV operations"
+                        ),
+                    }),
                     (Some(namespace), Ok(args)) => {
                         Ok(start_call(namespace.clone(), &op, args, value))
                     }
                     (None, _) => Err(KvError::Unavailable {
-                        op: "CALL",
+                        op: op_name(&op),
                         message: format!("the worker has no KV namespace bound as {binding}"),
                     }),
                     (Some(_), Err(error)) => Err(KvError::Type(format!(

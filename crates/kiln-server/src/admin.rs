@@ -1,5 +1,11 @@
 //! The node's admin API under `/admin/v1/`, guarded by bearer tokens (see [`crate::tokens`]).
 //!
+//! Models (listing needs any token, uploading a `models` token):
+//!
+//! - `GET /admin/v1/models`: the installed manifests;
+//! - `PUT /admin/v1/models/{id}?filename=NAME[&task=TASK][&sha256=HEX]`: a `.onnx` or `.gguf`
+//!   file as the body, installed as model `id` (see [`crate::model_upload`]).
+//!
 //! KV namespaces and keys (reading needs any token, writing a `kv` token):
 //!
 //! - `GET /admin/v1/kv/namespaces`: `{"namespaces": [ID, ...]}`;
@@ -22,7 +28,10 @@ use axum::routing::{get, post, put};
 use axum::Router;
 use base64::Engine as _;
 use bytes::Bytes;
-use kiln_kv::{Kv, KvError, ListOptions, PutOptions, MAX_VALUE_BYTES};
+use kiln_kv::{
+    is_reserved_namespace, Kv, KvError, ListOptions, PutOptions, MAX_VALUE_BYTES,
+    RESERVED_NAMESPACE_PREFIX,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -34,11 +43,14 @@ use crate::{json_response, AppState};
 pub const METADATA_HEADER: &str = "kiln-kv-metadata";
 /// Response header with a value's expiration, in Unix seconds.
 pub const EXPIRATION_HEADER: &str = "kiln-kv-expiration";
-/// Largest bulk-put body, as on the hosted API.
+/// Largest bulk-put body and pair count, as on the hosted API.
 const MAX_BULK_BYTES: usize = 100 * 1024 * 1024;
+pub const MAX_BULK_PAIRS: usize = 10_000;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
+        .route("/admin/v1/models", get(crate::model_upload::list))
+        .route("/admin/v1/models/{*id}", put(crate::model_upload::upload))
         .route("/admin/v1/kv/namespaces", get(list_namespaces))
         .route(
             "/admin/v1/kv/namespaces/{namespace}",
@@ -53,13 +65,13 @@ pub fn routes() -> Router<Arc<AppState>> {
 }
 
 /// A refused or failed admin request: `{"success": false, "errors": [{code, message}]}`.
-struct AdminError {
+pub(crate) struct AdminError {
     status: u16,
     message: String,
 }
 
 impl AdminError {
-    fn new(status: u16, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: u16, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),
@@ -86,17 +98,38 @@ impl IntoResponse for AdminError {
     }
 }
 
-type AdminResult = Result<Response, AdminError>;
+pub(crate) type AdminResult = Result<Response, AdminError>;
 
-/// Checks the request's token for `scope`, logging every refusal (never the token), and
-/// returns the node's KV store.
-fn authorize<'a>(state: &'a AppState, headers: &HeaderMap, scope: Scope) -> Result<&'a Kv, AdminError> {
+/// Checks the request's token for `scope`, logging every refusal (never the token).
+pub(crate) fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    scope: Scope,
+) -> Result<(), AdminError> {
     let header = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
-    if let Err(refusal) = state.tokens.authorize(header, scope) {
+    state.tokens.authorize(header, scope).map(drop).map_err(|refusal| {
         tracing::warn!(reason = %refusal, scope = scope.as_str(), "admin request refused");
-        return Err(AdminError::new(refusal.status(), refusal.to_string()));
+        AdminError::new(refusal.status(), refusal.to_string())
+    })
+}
+
+/// Checks the token like [`authorize`] and returns the node's KV store, refusing the node's
+/// own namespaces.
+fn authorize_kv<'a>(
+    state: &'a AppState,
+    headers: &HeaderMap,
+    scope: Scope,
+    namespace: Option<&str>,
+) -> Result<&'a Kv, AdminError> {
+    authorize(state, headers, scope)?;
+    if let Some(namespace) = namespace.filter(|id| is_reserved_namespace(id)) {
+        tracing::warn!(namespace, "admin request for a reserved KV namespace refused");
+        return Err(AdminError::new(
+            403,
+            format!("namespace ids starting with {RESERVED_NAMESPACE_PREFIX} are reserved for the node"),
+        ));
     }
     state
         .kv
@@ -104,13 +137,15 @@ fn authorize<'a>(state: &'a AppState, headers: &HeaderMap, scope: Scope) -> Resu
         .ok_or_else(|| AdminError::new(503, "this node has no KV store"))
 }
 
-fn success(result: Value) -> Response {
+pub(crate) fn success(result: Value) -> Response {
     json_response(StatusCode::OK, json!({ "success": true, "result": result }))
 }
 
 async fn list_namespaces(State(state): State<Arc<AppState>>, headers: HeaderMap) -> AdminResult {
-    let kv = authorize(&state, &headers, Scope::Read)?;
-    Ok(success(json!({ "namespaces": kv.list_namespaces().await? })))
+    let kv = authorize_kv(&state, &headers, Scope::Read, None)?;
+    let mut namespaces = kv.list_namespaces().await?;
+    namespaces.retain(|id| !is_reserved_namespace(id));
+    Ok(success(json!({ "namespaces": namespaces })))
 }
 
 async fn create_namespace(
@@ -118,7 +153,7 @@ async fn create_namespace(
     Path(namespace): Path<String>,
     headers: HeaderMap,
 ) -> AdminResult {
-    let kv = authorize(&state, &headers, Scope::Kv)?;
+    let kv = authorize_kv(&state, &headers, Scope::Kv, Some(&namespace))?;
     let created = kv.create_namespace(&namespace).await?;
     tracing::info!(namespace = %namespace, created, "KV namespace created");
     Ok(success(json!({ "id": namespace, "created": created })))
@@ -129,7 +164,7 @@ async fn delete_namespace(
     Path(namespace): Path<String>,
     headers: HeaderMap,
 ) -> AdminResult {
-    let kv = authorize(&state, &headers, Scope::Kv)?;
+    let kv = authorize_kv(&state, &headers, Scope::Kv, Some(&namespace))?;
     kv.delete_namespace(&namespace).await?;
     tracing::info!(namespace = %namespace, "KV namespace deleted");
     Ok(success(json!({ "id": namespace })))
@@ -148,7 +183,7 @@ async fn list_keys(
     Query(query): Query<ListQuery>,
     headers: HeaderMap,
 ) -> AdminResult {
-    let kv = authorize(&state, &headers, Scope::Read)?;
+    let kv = authorize_kv(&state, &headers, Scope::Read, Some(&namespace))?;
     let options = ListOptions {
         prefix: query.prefix,
         limit: query.limit,
@@ -163,7 +198,7 @@ async fn get_value(
     Path((namespace, key)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> AdminResult {
-    let kv = authorize(&state, &headers, Scope::Read)?;
+    let kv = authorize_kv(&state, &headers, Scope::Read, Some(&namespace))?;
     let entry = kv
         .namespace(&namespace)
         .get(&key, None)
@@ -201,7 +236,7 @@ async fn put_value(
     headers: HeaderMap,
     body: Body,
 ) -> AdminResult {
-    let kv = authorize(&state, &headers, Scope::Kv)?;
+    let kv = authorize_kv(&state, &headers, Scope::Kv, Some(&namespace))?;
     let metadata = match &query.metadata {
         Some(text) => Some(serde_json::from_str(text).map_err(|error| {
             AdminError::new(400, format!("the metadata parameter is not valid JSON: {error}"))
@@ -225,7 +260,7 @@ async fn delete_value(
     Path((namespace, key)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> AdminResult {
-    let kv = authorize(&state, &headers, Scope::Kv)?;
+    let kv = authorize_kv(&state, &headers, Scope::Kv, Some(&namespace))?;
     kv.namespace(&namespace).delete(&key).await?;
     Ok(success(json!({ "key": key })))
 }
@@ -272,7 +307,7 @@ async fn bulk_put(
     headers: HeaderMap,
     body: Body,
 ) -> AdminResult {
-    let kv = authorize(&state, &headers, Scope::Kv)?;
+    let kv = authorize_kv(&state, &headers, Scope::Kv, Some(&namespace))?;
     let body = read_body(body, MAX_BULK_BYTES, state.body_timeout)
         .await
         .map_err(|error| AdminError::new(error.status(), error.message))?;
@@ -296,6 +331,13 @@ pub async fn put_all(
     namespace: &kiln_kv::Namespace,
     pairs: Vec<BulkPair>,
 ) -> Result<usize, (usize, String)> {
+    if pairs.len() > MAX_BULK_PAIRS {
+        let message = format!(
+            "a bulk put takes at most {MAX_BULK_PAIRS} pairs, got {}: split the file",
+            pairs.len()
+        );
+        return Err((0, message));
+    }
     let mut written = 0;
     for pair in pairs {
         let (key, value, options) = pair.into_parts().map_err(|error| (written, error))?;

@@ -16,8 +16,9 @@ use kiln_models::Manifest;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-/// The KV namespace that holds cached results.
-pub const CACHE_NAMESPACE: &str = "kiln-inference-cache";
+/// The KV namespace that holds cached results: a reserved id, so no worker binding or admin
+/// request can read or forge entries.
+pub const CACHE_NAMESPACE: &str = "__kiln-inference-cache";
 /// Response header with `HIT` or `MISS`.
 pub const STATUS_HEADER: &str = "cf-aig-cache-status";
 

@@ -18,6 +18,7 @@ mod cache;
 mod catalog;
 mod errors;
 mod metrics;
+mod model_upload;
 mod openai;
 mod run;
 mod sse;
@@ -61,6 +62,8 @@ pub struct AppState {
     pub kv: Option<kiln_kv::Kv>,
     /// Tokens of the admin API.
     pub tokens: TokenStore,
+    /// The node's data folder, where uploads are staged.
+    pub data_dir: std::path::PathBuf,
 }
 
 /// Builds the router with every route, request logging and panic isolation.

@@ -126,9 +126,11 @@ impl TokenStore {
     /// Checks the `Authorization` header value for a token that allows `needed`. Returns the
     /// token's public id.
     pub fn authorize(&self, header: Option<&str>, needed: Scope) -> Result<String, Refusal> {
+        // The scheme name is case-insensitive (RFC 7235).
         let token = header
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .filter(|token| !token.is_empty())
             .ok_or(Refusal::Missing)?;
         let tokens = self.read().map_err(|error| {
@@ -170,6 +172,7 @@ mod tests {
         assert!(store.authorize(Some(&bearer(&kv)), Scope::Kv).is_ok());
         assert!(store.authorize(Some(&bearer(&kv)), Scope::Read).is_ok());
         assert!(store.authorize(Some(&bearer(&read)), Scope::Read).is_ok());
+        assert!(store.authorize(Some(&format!("bearer {kv}")), Scope::Kv).is_ok());
         let refusal = store
             .authorize(Some(&bearer(&read)), Scope::Kv)
             .unwrap_err();

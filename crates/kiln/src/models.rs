@@ -60,6 +60,26 @@ pub enum ModelsCommand {
         #[arg(long)]
         description: Option<String>,
     },
+    /// Upload a .onnx or .gguf file to a running node, which installs it as `import` does.
+    Upload {
+        /// The model file.
+        path: PathBuf,
+        /// Id of the new model, such as `@custom/home-value`.
+        #[arg(long)]
+        id: String,
+        /// Task, as for `import`. Default: detected from the file.
+        #[arg(long)]
+        task: Option<Task>,
+        /// Expected SHA-256 of the file, in hex; on a mismatch the node stores nothing.
+        #[arg(long, value_name = "HEX")]
+        sha256: Option<String>,
+        /// URL of the node, e.g. http://127.0.0.1:8787.
+        #[arg(long, env = "KILN_NODE", value_name = "URL")]
+        node: String,
+        /// Admin API token with scope models.
+        #[arg(long, env = "KILN_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+        token: String,
+    },
     /// Download a model from a Hugging Face compatible hub and import it. Uses HF_ENDPOINT
     /// (default https://huggingface.co) and HF_TOKEN; interrupted downloads resume.
     Pull {
@@ -133,6 +153,14 @@ pub fn run(command: ModelsCommand) -> anyhow::Result<()> {
             print_installed(&manifest);
             Ok(())
         }
+        ModelsCommand::Upload {
+            path,
+            id,
+            task,
+            sha256,
+            node,
+            token,
+        } => upload(&path, &id, task, sha256, &node, &token),
         ModelsCommand::Pull {
             paths,
             spec,
@@ -220,3 +248,64 @@ fn human_bytes(bytes: u64) -> String {
         format!("{value:.1} {}", UNITS[unit])
     }
 }
+
+/// Sends the file to the node's admin API with a progress bar, and prints what it installed.
+fn upload(
+    path: &std::path::Path,
+    id: &str,
+    task: Option<Task>,
+    sha256: Option<String>,
+    node: &str,
+    token: &str,
+) -> anyhow::Result<()> {
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("failed to open {}", path.display()))?;
+    let size = file.metadata()?.len();
+    let name = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .context("the model file has no UTF-8 file name")?;
+    let mut url = reqwest::Url::parse(node).with_context(|| format!("invalid --node URL {node:?}"))?;
+    url.path_segments_mut()
+        .map_err(|()| anyhow::anyhow!("invalid --node URL {node:?}"))?
+        .pop_if_empty()
+        .extend(["admin", "v1", "models"])
+        .extend(id.split('/'));
+    let mut query = vec![("filename", name.to_owned())];
+    if let Some(task) = task {
+        query.push(("task", task.to_string()));
+    }
+    if let Some(sha256) = sha256 {
+        query.push(("sha256", sha256));
+    }
+
+    let bar = indicatif::ProgressBar::new(size).with_style(
+        indicatif::ProgressStyle::with_template(
+            "uploading {msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .expect("valid progress template"),
+    );
+    bar.set_message(name.to_owned());
+    let body = reqwest::blocking::Body::sized(bar.wrap_read(file), size);
+    let response = reqwest::blocking::Client::builder()
+        .timeout(None)
+        .build()?
+        .put(url)
+        .query(&query)
+        .bearer_auth(token)
+        .body(body)
+        .send()
+        .context("the node did not answer")?;
+    bar.finish_and_clear();
+    let status = response.status();
+    let answer: serde_json::Value = response.json().unwrap_or_default();
+    if !status.is_success() {
+        let message = answer["errors"][0]["message"].as_str().unwrap_or("no error message");
+        anyhow::bail!("the node answered {status}: {message}");
+    }
+    let manifest: Manifest = serde_json::from_value(answer["result"].clone())
+        .context("the node sent an invalid manifest")?;
+    print_installed(&manifest);
+    Ok(())
+}
+

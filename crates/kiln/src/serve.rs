@@ -107,6 +107,7 @@ async fn serve(
         body_timeout: std::time::Duration::from_secs(config.limits.body_timeout_seconds),
         kv: Some(kv),
         tokens: kiln_server::TokenStore::new(&data_dir),
+        data_dir: data_dir.clone(),
     });
     kiln_server::serve(
         listener,
@@ -132,8 +133,8 @@ pub(crate) async fn open_kv(config: &NodeConfig, data_dir: &Path) -> anyhow::Res
     };
     Kv::open(&backend).await.with_context(|| match &backend {
         BackendConfig::Embedded { path } => format!(
-            "failed to open the KV store {}; if a node or `kiln dev` is running on this data \
-             folder, stop it or reach it with --node",
+            "failed to open the KV store {}; if `kiln serve` or `kiln dev` runs on this data \
+             folder, stop it, or reach a running `kiln serve` with --node and --token",
             path.display()
         ),
         BackendConfig::Redis { .. } => "failed to open the KV store on Redis".to_string(),

@@ -132,3 +132,65 @@ fn invalid_inputs_get_expected_shape() {
         assert!(message.contains(&name), "{input}: {message}");
     }
 }
+
+#[test]
+fn upload_over_admin_api_installs_model() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let models = home.path().join("models");
+    let data = home.path().join("data");
+    std::fs::create_dir_all(&models).expect("models dir");
+    let kiln = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(args)
+            .env_remove("KILN_NODE")
+            .env_remove("KILN_TOKEN")
+            .output()
+            .expect("run the kiln binary")
+    };
+    let data_arg = data.to_str().expect("UTF-8 path");
+    let token_for = |scope: &str| {
+        let output = kiln(&["tokens", "create", "--scope", scope, "--data-dir", data_arg]);
+        assert!(output.status.success(), "{output:?}");
+        let stdout = String::from_utf8(output.stdout).expect("UTF-8");
+        stdout.lines().last().expect("token line").to_owned()
+    };
+    let models_token = token_for("models");
+    let kv_token = token_for("kv");
+    let node = Node::start_at(&models, "", home.path());
+
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/custom/home-value.onnx");
+    let file = file.to_str().expect("UTF-8 path");
+    let upload = |token: &str, id: &str| {
+        kiln(&[
+            "models", "upload", file, "--id", id, "--task", "custom", "--node", &node.base,
+            "--token", token,
+        ])
+    };
+
+    let refused = upload(&kv_token, "@custom/uploaded");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("403"), "{stderr}");
+
+    let uploaded = upload(&models_token, "@custom/uploaded");
+    assert!(uploaded.status.success(), "{uploaded:?}");
+    let expected = expected();
+    let response = node
+        .client()
+        .post(node.url("/ai/run/@custom/uploaded"))
+        .json(&json!({"input": expected.rows}))
+        .send()
+        .expect("request reaches the node");
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().expect("JSON body");
+    assert_predictions(&body["prediction"], &expected.predictions);
+
+    // A second upload under the same id conflicts and leaves the first in place.
+    let again = upload(&models_token, "@custom/uploaded");
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("409") && stderr.contains("already exists"), "{stderr}");
+    let staged = std::fs::read_dir(data.join("uploads")).expect("staging folder").count();
+    assert_eq!(staged, 0, "staging files were left behind");
+}
+

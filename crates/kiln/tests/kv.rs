@@ -101,8 +101,12 @@ fn binding_methods_follow_the_reference_semantics() {
     );
     let huge = results["hugeTtl"]["error"].as_str().expect("error");
     assert!(huge.starts_with("TypeError: "), "{huge}");
-    let bad_value = results["badValue"]["error"].as_str().expect("error");
-    assert!(bad_value.starts_with("TypeError: "), "{bad_value}");
+    for case in ["badValue", "ttlText", "ttlNaN", "limitNaN"] {
+        let error = results[case]["error"].as_str().unwrap_or_else(|| panic!("{case}: {results}"));
+        assert!(error.starts_with("TypeError: "), "{case}: {error}");
+    }
+    let too_many = results["tooMany"]["error"].as_str().expect("error");
+    assert!(too_many.contains("Too many API requests"), "{too_many}");
     let empty = results["emptyKey"]["error"].as_str().expect("error");
     assert!(empty.contains("Key names must not be empty"), "{empty}");
     // The failed puts wrote nothing.
@@ -187,6 +191,14 @@ fn admin_api_checks_tokens_and_serves_the_cli() {
     for token in [&kv_token, &read_token] {
         assert!(!log.contains(token.as_str()), "a token leaked into the log");
     }
+
+    // The node's own namespaces, such as the inference cache, are out of reach.
+    let reserved = client
+        .get(node.url("/admin/v1/kv/namespaces/__kiln-inference-cache/keys"))
+        .bearer_auth(&kv_token)
+        .send()
+        .expect("node answers");
+    assert_eq!(reserved.status(), 403);
 
     // A read token reads; the key with a slash round-trips through the path.
     let value = client

@@ -328,8 +328,8 @@ fn unavailable(op: &'static str, path: &Path, message: impl std::fmt::Display) -
     KvError::Unavailable {
         op,
         message: format!(
-            "embedded KV store {} failed: {message}. Check the file's permissions and the \
-             free disk space.",
+            "embedded KV store {} failed: {message}. Check that no other process has it open, \
+             the file's permissions and the free disk space.",
             path.display()
         ),
     }

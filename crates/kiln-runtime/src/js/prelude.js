@@ -1907,9 +1907,25 @@ export default function installPrelude(native) {
     }
   }
 
-  function kvNumber(value) {
-    return value === undefined || value === null ? undefined : Number(value);
+  // Reads a numeric option. A numeric string counts as its number; any other value that is not
+  // a finite number is a TypeError, so a bad option never passes silently as "unset".
+  function kvNumber(name, value) {
+    if (value === undefined || value === null) return undefined;
+    const number = typeof value === "string" && value.trim() !== "" ? Number(value) : value;
+    if (typeof number !== "number" || !Number.isFinite(number)) {
+      throw new TypeError(`${name} must be an integer from -2147483648 to 2147483647, got ${formatValue(value, 1)}`);
+    }
+    return number;
   }
+
+  function kvOptions(method, options) {
+    if (options === undefined || options === null) return {};
+    if (typeof options !== "object") {
+      throw new TypeError(`the options of KV ${method}() must be an object, got ${formatValue(options, 1)}`);
+    }
+    return options;
+  }
+
 
   class KVNamespace {
     #binding;
@@ -1926,7 +1942,7 @@ export default function installPrelude(native) {
     async #read(key, typeOrOptions, withMetadata) {
       const bulk = Array.isArray(key);
       const type = kvType(typeOrOptions, bulk);
-      const cacheTtl = kvNumber(typeof typeOrOptions === "object" ? typeOrOptions?.cacheTtl : undefined);
+      const cacheTtl = kvNumber("cacheTtl", typeof typeOrOptions === "object" ? typeOrOptions?.cacheTtl : undefined);
       if (bulk) {
         if (key.length > 100) throw new TypeError(`a bulk get takes at most 100 keys, got ${key.length}`);
         const { value: values } = await this.#call("get", { keys: key.map(String), cacheTtl });
@@ -1950,7 +1966,18 @@ export default function installPrelude(native) {
     getWithMetadata(key, typeOrOptions) {
       return this.#read(key, typeOrOptions, true);
     }
-    async put(key, value, options = {}) {
+    async put(key, value, options) {
+      options = kvOptions("put", options);
+      const args = {
+        key: String(key),
+        expiration: kvNumber("expiration", options.expiration),
+        expirationTtl: kvNumber("expirationTtl", options.expirationTtl),
+      };
+      if (options.metadata !== undefined && options.metadata !== null) {
+        const metadata = JSON.stringify(options.metadata);
+        if (metadata === undefined) throw new TypeError("KV put() metadata must be JSON-serializable");
+        args.metadata = JSON.parse(metadata);
+      }
       let bytes;
       if (typeof value === "string") bytes = native.utf8Encode(value);
       else if (value instanceof ArrayBuffer || ArrayBuffer.isView(value)) bytes = toBytes(value).slice();
@@ -1958,24 +1985,17 @@ export default function installPrelude(native) {
       else {
         throw new TypeError("KV put() accepts only strings, ArrayBuffers, ArrayBufferViews, and ReadableStreams as values");
       }
-      const args = {
-        key: String(key),
-        expiration: kvNumber(options?.expiration),
-        expirationTtl: kvNumber(options?.expirationTtl),
-      };
-      if (options?.metadata !== undefined && options?.metadata !== null) {
-        args.metadata = JSON.parse(JSON.stringify(options.metadata));
-      }
       await this.#call("put", args, bytes);
     }
     async delete(key) {
       await this.#call("delete", { key: String(key) });
     }
-    async list(options = {}) {
+    async list(options) {
+      options = kvOptions("list", options);
       const { value } = await this.#call("list", {
-        prefix: options?.prefix ?? undefined,
-        limit: kvNumber(options?.limit),
-        cursor: options?.cursor ?? undefined,
+        prefix: options.prefix === undefined || options.prefix === null ? undefined : String(options.prefix),
+        limit: kvNumber("limit", options.limit),
+        cursor: options.cursor === undefined || options.cursor === null ? undefined : String(options.cursor),
       });
       return value;
     }

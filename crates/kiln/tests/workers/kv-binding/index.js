@@ -31,10 +31,17 @@ export default {
     await attempt("ttl59", () => env.FIRST.put("bad", "x", { expirationTtl: 59 }));
     await attempt("hugeTtl", () => env.FIRST.put("bad", "x", { expirationTtl: 2 ** 40 }));
     await attempt("badValue", () => env.FIRST.put("bad", 42));
+    await attempt("ttlText", () => env.FIRST.put("bad", "x", { expirationTtl: "soon" }));
+    await attempt("ttlNaN", () => env.FIRST.put("bad", "x", { expirationTtl: NaN }));
+    await attempt("limitNaN", () => env.FIRST.list({ limit: NaN }));
     await attempt("emptyKey", () => env.FIRST.get(""));
     await attempt("afterBad", () => env.FIRST.get("bad"));
     await env.FIRST.delete("text");
     await attempt("deleted", () => env.FIRST.get("text"));
+    await attempt("tooMany", async () => {
+      for (let i = 0; i < 1100; i++) await env.FIRST.get("json");
+      return "no limit";
+    });
     return Response.json(results);
   },
 };

@@ -1,0 +1,129 @@
+//! Model uploads over the admin API: the body (one `.onnx` or `.gguf` file) streams to a
+//! staging file in the node's data folder and is then imported as `kiln models import` does,
+//! with the same hashing, checks and manifest. The staging file is removed either way.
+
+use std::path::Path as FilePath;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use futures::StreamExt;
+use kiln_models::{ImportOptions, StoreError, Task};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+
+use crate::admin::{authorize, success, AdminError, AdminResult};
+use crate::tokens::Scope;
+use crate::AppState;
+
+/// Folder under the data folder where uploads are staged.
+const STAGING_DIR: &str = "uploads";
+
+pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> AdminResult {
+    authorize(&state, &headers, Scope::Read)?;
+    let manifests = state
+        .inference
+        .store()
+        .list()
+        .map_err(|error| AdminError::new(500, error.to_string()))?;
+    Ok(success(json!({ "models": manifests })))
+}
+
+#[derive(Deserialize)]
+pub struct UploadQuery {
+    /// Name of the uploaded file; its extension tells the format.
+    filename: String,
+    task: Option<String>,
+    /// Expected SHA-256 of the file, in hex.
+    sha256: Option<String>,
+}
+
+pub async fn upload(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(query): Query<UploadQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> AdminResult {
+    authorize(&state, &headers, Scope::Models)?;
+    let name = FilePath::new(&query.filename)
+        .file_name()
+        .and_then(|name| name.to_str())
+        .filter(|name| name.ends_with(".onnx") || name.ends_with(".gguf"))
+        .ok_or_else(|| {
+            AdminError::new(
+                400,
+                format!(
+                    "invalid filename {:?}: give the uploaded file's name, ending in .onnx or .gguf",
+                    query.filename
+                ),
+            )
+        })?
+        .to_owned();
+    let task = query
+        .task
+        .as_deref()
+        .map(str::parse::<Task>)
+        .transpose()
+        .map_err(|error| AdminError::new(400, format!("invalid task: {error}")))?;
+
+    let staging_root = state.data_dir.join(STAGING_DIR);
+    let staging = tokio::fs::create_dir_all(&staging_root)
+        .await
+        .and_then(|()| tempfile::tempdir_in(&staging_root))
+        .map_err(|error| {
+            tracing::error!(error = %error, dir = %staging_root.display(), "cannot stage an upload");
+            AdminError::new(500, format!("cannot stage the upload: {error}"))
+        })?;
+    let path = staging.path().join(&name);
+    let bytes = receive(body, &path).await?;
+
+    let store = state.inference.store().clone();
+    let options = ImportOptions {
+        task,
+        expected_sha256: query.sha256,
+        source: Some(format!("upload:{name}")),
+        ..ImportOptions::new(id.clone())
+    };
+    let imported = tokio::task::spawn_blocking(move || store.import(&path, &options))
+        .await
+        .map_err(|error| AdminError::new(500, format!("the import task failed: {error}")))?;
+    drop(staging);
+    let manifest = imported.map_err(|error| AdminError::new(import_status(&error), error.to_string()))?;
+    tracing::info!(model = %id, bytes, task = %manifest.task, "model uploaded");
+    Ok(success(json!(manifest)))
+}
+
+/// Writes the request body to `path` and returns its size.
+async fn receive(body: Body, path: &FilePath) -> Result<u64, AdminError> {
+    let write_error = |error: std::io::Error| {
+        tracing::error!(error = %error, path = %path.display(), "cannot write an upload");
+        AdminError::new(500, format!("cannot write the upload: {error}"))
+    };
+    let mut file = tokio::fs::File::create(path).await.map_err(write_error)?;
+    let mut stream = body.into_data_stream();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|error| {
+            AdminError::new(400, format!("the upload was interrupted: {error}"))
+        })?;
+        size += chunk.len() as u64;
+        file.write_all(&chunk).await.map_err(write_error)?;
+    }
+    file.flush().await.map_err(write_error)?;
+    if size == 0 {
+        return Err(AdminError::new(400, "the upload is empty: send the model file as the body"));
+    }
+    Ok(size)
+}
+
+/// The status of a failed import: the uploader's mistake is a 4xx, the node's a 500.
+fn import_status(error: &StoreError) -> u16 {
+    match error {
+        StoreError::AlreadyExists { .. } | StoreError::NameInUse { .. } => 409,
+        StoreError::Io { .. } | StoreError::MissingFile { .. } => 500,
+        _ => 400,
+    }
+}
