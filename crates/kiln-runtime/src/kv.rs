@@ -20,7 +20,7 @@ use crate::isolate::Event;
 /// KV operations one request may make, as on the hosted platform.
 pub(crate) const MAX_CALLS_PER_REQUEST: u32 = 1000;
 
-/// The operation's name in error messages.
+/// Returns the operation's name as error messages show it.
 fn op_name(op: &str) -> &'static str {
     match op {
         "get" => "GET",

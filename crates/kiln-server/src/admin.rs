@@ -110,7 +110,7 @@ pub(crate) fn authorize(
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
     state.tokens.authorize(header, scope).map(drop).map_err(|refusal| {
-        tracing::warn!(reason = %refusal, scope = scope.as_str(), "admin request refused");
+        tracing::warn!(reason = %refusal, scope = scope.as_str(), "admin request rejected");
         AdminError::new(refusal.status(), refusal.to_string())
     })
 }
@@ -125,7 +125,7 @@ fn authorize_kv<'a>(
 ) -> Result<&'a Kv, AdminError> {
     authorize(state, headers, scope)?;
     if let Some(namespace) = namespace.filter(|id| is_reserved_namespace(id)) {
-        tracing::warn!(namespace, "admin request for a reserved KV namespace refused");
+        tracing::warn!(namespace, "admin request for a reserved KV namespace rejected");
         return Err(AdminError::new(
             403,
             format!("namespace ids starting with {RESERVED_NAMESPACE_PREFIX} are reserved for the node"),
@@ -283,7 +283,7 @@ pub struct BulkPair {
 }
 
 impl BulkPair {
-    /// The bytes to store and the put options.
+    /// Returns the key, the bytes to store and the put options.
     pub fn into_parts(self) -> Result<(String, Bytes, PutOptions), String> {
         let value = if self.base64 {
             base64::engine::general_purpose::STANDARD

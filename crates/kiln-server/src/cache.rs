@@ -1,5 +1,5 @@
 //! The inference cache of the REST API, driven by the AI Gateway's request headers:
-//! `cf-aig-cache-ttl: SECONDS` stores the result of a request for that long and answers an
+//! `cf-aig-cache-ttl: SECONDS` stores the result of a request for that long and serves an
 //! identical later request from the store, `cf-aig-skip-cache: true` bypasses the store, and the
 //! response says `cf-aig-cache-status: HIT` or `MISS`. The older names `cf-cache-ttl` and
 //! `cf-skip-cache` work too.
@@ -16,7 +16,7 @@ use kiln_models::Manifest;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-/// The KV namespace that holds cached results: a reserved id, so no worker binding or admin
+/// The KV namespace of the cached results: a reserved id, so no worker binding or admin
 /// request can read or forge entries.
 pub const CACHE_NAMESPACE: &str = "__kiln-inference-cache";
 /// Response header with `HIT` or `MISS`.
@@ -28,14 +28,14 @@ const SKIP_HEADERS: [&str; 2] = ["cf-aig-skip-cache", "cf-skip-cache"];
 const MIN_TTL: u64 = 60;
 const MAX_TTL: u64 = 30 * 24 * 3600;
 
-/// What a request asked of the cache.
+/// The cache mode a request selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheRequest {
     /// No cache headers: the response carries no cache status.
     None,
     /// Run the model and do not touch the store.
     Skip,
-    /// Answer from the store when possible, else run and store for `ttl` seconds.
+    /// Serve from the store when possible, else run and store for `ttl` seconds.
     Use { ttl: u64 },
 }
 
@@ -67,7 +67,7 @@ impl CacheRequest {
         }
     }
 
-    /// The `cf-aig-cache-status` value of a response that was not served from the store.
+    /// Returns the `cf-aig-cache-status` value of a response that was not served from the store.
     pub fn miss_header(self) -> Option<HeaderValue> {
         match self {
             Self::None => None,
@@ -158,7 +158,7 @@ mod tests {
     }
 
     #[test]
-    fn out_of_range_ttl_names_the_header_and_range() {
+    fn invalid_ttl_is_rejected() {
         for ttl in ["59", "abc", "-1", "2592001"] {
             let mut map = HeaderMap::new();
             map.insert("cf-aig-cache-ttl", HeaderValue::from_str(ttl).unwrap());

@@ -33,7 +33,7 @@ pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Adm
 
 #[derive(Deserialize)]
 pub struct UploadQuery {
-    /// Name of the uploaded file; its extension tells the format.
+    /// Name of the uploaded file; its extension selects the format.
     filename: String,
     task: Option<String>,
     /// Expected SHA-256 of the file, in hex.
@@ -74,8 +74,8 @@ pub async fn upload(
         .await
         .and_then(|()| tempfile::tempdir_in(&staging_root))
         .map_err(|error| {
-            tracing::error!(error = %error, dir = %staging_root.display(), "cannot stage an upload");
-            AdminError::new(500, format!("cannot stage the upload: {error}"))
+            tracing::error!(error = %error, dir = %staging_root.display(), "failed to stage an upload");
+            AdminError::new(500, format!("failed to stage the upload: {error}"))
         })?;
     let path = staging.path().join(&name);
     let bytes = receive(body, &path).await?;
@@ -99,8 +99,8 @@ pub async fn upload(
 /// Writes the request body to `path` and returns its size.
 async fn receive(body: Body, path: &FilePath) -> Result<u64, AdminError> {
     let write_error = |error: std::io::Error| {
-        tracing::error!(error = %error, path = %path.display(), "cannot write an upload");
-        AdminError::new(500, format!("cannot write the upload: {error}"))
+        tracing::error!(error = %error, path = %path.display(), "failed to write an upload");
+        AdminError::new(500, format!("failed to write the upload: {error}"))
     };
     let mut file = tokio::fs::File::create(path).await.map_err(write_error)?;
     let mut stream = body.into_data_stream();
@@ -119,7 +119,7 @@ async fn receive(body: Body, path: &FilePath) -> Result<u64, AdminError> {
     Ok(size)
 }
 
-/// The status of a failed import: the uploader's mistake is a 4xx, the node's a 500.
+/// Returns the status of a failed import: 4xx for the uploader's mistake, 500 for the node's.
 fn import_status(error: &StoreError) -> u16 {
     match error {
         StoreError::AlreadyExists { .. } | StoreError::NameInUse { .. } => 409,

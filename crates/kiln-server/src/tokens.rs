@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 /// File of the token hashes, in the node's data folder.
 pub const TOKENS_FILE: &str = "tokens.json";
 
-/// What a token allows.
+/// The permission a token grants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
@@ -25,8 +25,8 @@ pub enum Scope {
 }
 
 impl Scope {
-    /// Whether a token of this scope may make a request that needs `needed`. A `read` request
-    /// is allowed to every scope.
+    /// Returns whether a token of this scope may make a request that needs `needed`. Every
+    /// scope may make `read` requests.
     fn allows(self, needed: Scope) -> bool {
         self == needed || needed == Scope::Read
     }
@@ -57,7 +57,7 @@ struct StoredToken {
     sha256: String,
 }
 
-/// Why a request was refused.
+/// The reason a request was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     #[error("missing bearer token: send `Authorization: Bearer TOKEN` (create one with `kiln tokens create`)")]
@@ -103,7 +103,7 @@ impl TokenStore {
     }
 
     /// Creates a token with `scope` and returns it; only its hash is stored. The file is
-    /// replaced atomically, so a node reading it never sees half a file.
+    /// replaced atomically, so a node reading it never reads half a file.
     pub fn create(&self, scope: Scope) -> std::io::Result<String> {
         let mut secret = [0u8; 24];
         rand::rng().fill_bytes(&mut secret);
@@ -184,6 +184,7 @@ mod tests {
         );
 
         let file = std::fs::read_to_string(dir.path().join(TOKENS_FILE)).unwrap();
-        assert!(!file.contains(&kv) && !file.contains(&read), "{file}");
+        assert!(!file.contains(&kv), "{file}");
+        assert!(!file.contains(&read), "{file}");
     }
 }

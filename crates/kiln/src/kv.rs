@@ -118,7 +118,7 @@ pub struct NamespaceArg {
     id: String,
 }
 
-/// Where the namespaces are: a running node (`--node` and `--token`), else the local data
+/// The location of the namespaces: a running node (`--node` and `--token`), else the local data
 /// folder with the config's KV backend.
 #[derive(clap::Args)]
 pub struct Target {
@@ -389,19 +389,19 @@ impl Remote {
         self.client.request(method, url).bearer_auth(&self.token)
     }
 
-    /// Sends a request without a body and returns the `result` of a successful answer.
+    /// Sends a request without a body and returns the `result` of a successful response.
     async fn json(&self, method: reqwest::Method, path: &[&str]) -> anyhow::Result<Value> {
         self.send_json(self.request(method, path)).await
     }
 
-    /// Sends the request and returns the `result` of a successful answer.
+    /// Sends the request and returns the `result` of a successful response.
     async fn send_json(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-        let response = Self::check(request.send().await.context("the node did not answer")?).await?;
+        let response = Self::check(request.send().await.context("the request to the node failed")?).await?;
         let mut body: Value = response.json().await.context("the node sent invalid JSON")?;
         Ok(body["result"].take())
     }
 
-    /// Turns an error answer into an error with the node's message.
+    /// Turns an error response into an error with the node's message.
     async fn check(response: reqwest::Response) -> anyhow::Result<reqwest::Response> {
         let status = response.status();
         if status.is_success() {
@@ -412,6 +412,6 @@ impl Remote {
             .as_str()
             .unwrap_or("no error message")
             .to_owned();
-        bail!("the node answered {status}: {message}")
+        bail!("the node returned {status}: {message}")
     }
 }

@@ -295,13 +295,13 @@ fn upload(
         .bearer_auth(token)
         .body(body)
         .send()
-        .context("the node did not answer")?;
+        .context("the request to the node failed")?;
     bar.finish_and_clear();
     let status = response.status();
     let answer: serde_json::Value = response.json().unwrap_or_default();
     if !status.is_success() {
         let message = answer["errors"][0]["message"].as_str().unwrap_or("no error message");
-        anyhow::bail!("the node answered {status}: {message}");
+        anyhow::bail!("the node returned {status}: {message}");
     }
     let manifest: Manifest = serde_json::from_value(answer["result"].clone())
         .context("the node sent an invalid manifest")?;
