@@ -128,8 +128,9 @@ impl WorkerConfig {
                 return Err("each [[kv_namespaces]] entry needs a `binding` and an `id`".into());
             }
             let ai = self.ai.as_ref().map(|ai| ai.binding.as_str());
-            if !bindings.insert(namespace.binding.as_str()) || ai == Some(namespace.binding.as_str())
-            {
+            let taken = ai == Some(namespace.binding.as_str())
+                || self.vars.contains_key(&namespace.binding);
+            if !bindings.insert(namespace.binding.as_str()) || taken {
                 return Err(format!(
                     "the binding name {:?} is used twice: give each binding its own name",
                     namespace.binding
@@ -247,6 +248,12 @@ mod tests {
     fn a_binding_name_used_twice_is_rejected() {
         let error = WorkerConfig::parse(
             "name = \"a\"\nmain = \"i.js\"\n[ai]\nbinding = \"X\"\n\
+             [[kv_namespaces]]\nbinding = \"X\"\nid = \"n\"",
+        )
+        .unwrap_err();
+        assert!(error.contains("used twice"), "{error}");
+        let error = WorkerConfig::parse(
+            "name = \"a\"\nmain = \"i.js\"\n[vars]\nX = 1\n\
              [[kv_namespaces]]\nbinding = \"X\"\nid = \"n\"",
         )
         .unwrap_err();
