@@ -3,14 +3,17 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_core::Module;
+use candle_nn::{linear, Linear};
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
-use kiln_engine::{ElementType, Engine, EngineError, Tensor, TensorData, TensorSpec};
+use kiln_engine::{ElementType, Engine, EngineError, Tensor, TensorSpec};
 use serde_json::Value;
 
 use crate::distilbert::{first_token, DistilBert, DistilBertConfig};
-use crate::{read_config, token_input, TokenInputs, ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS};
+use crate::{
+    f32_tensor, map_weights, read_config, token_input, TokenInputs, ATTENTION_MASK, INPUT_IDS,
+    TOKEN_TYPE_IDS,
+};
 
 /// Name of the classifier's output, as in Hugging Face ONNX exports.
 pub const LOGITS: &str = "logits";
@@ -61,17 +64,7 @@ impl CandleSequenceClassifier {
             .and_then(Value::as_str)
             .unwrap_or_default();
 
-        // SAFETY: the store owns the file and never rewrites it in place while a model is
-        // loaded, which is what memory-mapping requires.
-        let weights = unsafe {
-            VarBuilder::from_mmaped_safetensors(&[weights_path], DType::F32, &Device::Cpu)
-        }
-        .map_err(|error| {
-            EngineError::Load(format!(
-                "failed to read {}: {error}",
-                weights_path.display()
-            ))
-        })?;
+        let weights = map_weights(weights_path)?;
         let wrong_weights = |error: candle_core::Error| {
             EngineError::Load(format!(
                 "{} does not contain {model_type} sequence-classification weights: {error}",
@@ -173,12 +166,7 @@ impl CandleSequenceClassifier {
                 classifier.forward(&pooled)?
             }
         };
-        let shape = logits.dims().to_vec();
-        let values = logits.flatten_all()?.to_vec1::<f32>()?;
-        Ok(Tensor {
-            shape,
-            data: TensorData::F32(values),
-        })
+        f32_tensor(&logits)
     }
 }
 

@@ -53,17 +53,7 @@ impl CandleBert {
                 EngineError::Load(format!("{} has no hidden_size", config_path.display()))
             })? as usize;
 
-        // SAFETY: the store owns the file and never rewrites it in place while a model is
-        // loaded, which is what memory-mapping requires.
-        let weights = unsafe {
-            VarBuilder::from_mmaped_safetensors(&[weights_path], DType::F32, &Device::Cpu)
-        }
-        .map_err(|error| {
-            EngineError::Load(format!(
-                "failed to read {}: {error}",
-                weights_path.display()
-            ))
-        })?;
+        let weights = map_weights(weights_path)?;
         let model = BertModel::load(weights, &config).map_err(|error| {
             EngineError::Load(format!(
                 "{} does not hold BERT weights: {error}",
@@ -100,13 +90,8 @@ impl CandleBert {
         let hidden = self
             .model
             .forward(&input_ids, &token_type_ids, attention_mask.as_ref())?;
-        let shape = hidden.dims().to_vec();
-        let values = hidden.flatten_all()?.to_vec1::<f32>()?;
-        debug_assert_eq!(shape.last(), Some(&self.hidden_size));
-        Ok(Tensor {
-            shape,
-            data: TensorData::F32(values),
-        })
+        debug_assert_eq!(hidden.dims().last(), Some(&self.hidden_size));
+        f32_tensor(&hidden)
     }
 }
 
@@ -136,6 +121,29 @@ fn read_config(path: &Path) -> Result<(String, serde_json::Value), EngineError> 
         EngineError::Load(format!("{} is not valid JSON: {error}", path.display()))
     })?;
     Ok((text, value))
+}
+
+/// Memory-maps a `model.safetensors` file as float32 weights on the CPU.
+fn map_weights(weights_path: &Path) -> Result<VarBuilder<'static>, EngineError> {
+    // SAFETY: the store owns the file and never rewrites it in place while a model is
+    // loaded, which is what memory-mapping requires.
+    unsafe { VarBuilder::from_mmaped_safetensors(&[weights_path], DType::F32, &Device::Cpu) }
+        .map_err(|error| {
+            EngineError::Load(format!(
+                "failed to read {}: {error}",
+                weights_path.display()
+            ))
+        })
+}
+
+/// Copies a float32 candle tensor into an engine tensor of the same shape.
+fn f32_tensor(tensor: &CandleTensor) -> candle_core::Result<Tensor> {
+    let shape = tensor.dims().to_vec();
+    let values = tensor.flatten_all()?.to_vec1::<f32>()?;
+    Ok(Tensor {
+        shape,
+        data: TensorData::F32(values),
+    })
 }
 
 /// Returns the spec of an int64 `[batch, tokens]` input.

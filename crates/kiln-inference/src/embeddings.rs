@@ -117,10 +117,70 @@ fn parse_text_array(items: &[Value]) -> Result<Vec<String>, InferenceError> {
         .collect()
 }
 
-/// One tokenized text on its way to the encoder thread.
-pub struct EncodeItem {
+/// The token ids and token type ids of one tokenized text, widened to int64 for the engines.
+pub struct TokenIds {
     ids: Vec<i64>,
     type_ids: Vec<i64>,
+}
+
+impl TokenIds {
+    pub(crate) fn from_encoding(encoding: &Encoding) -> TokenIds {
+        TokenIds {
+            ids: encoding.get_ids().iter().map(|&id| i64::from(id)).collect(),
+            type_ids: encoding
+                .get_type_ids()
+                .iter()
+                .map(|&id| i64::from(id))
+                .collect(),
+        }
+    }
+
+    /// Tokens in the text, special tokens included.
+    pub(crate) fn len(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+/// Pads a batch of texts to its longest one and builds the engine inputs `input_ids` (padded
+/// with `pad_id`), `attention_mask`, and `token_type_ids` when `takes_token_types` is set, each
+/// int64 `[batch, width]`. Returns the inputs and `width`.
+pub(crate) fn padded_token_inputs<'a>(
+    texts: impl ExactSizeIterator<Item = &'a TokenIds> + Clone,
+    pad_id: i64,
+    takes_token_types: bool,
+) -> (Vec<(String, Tensor)>, usize) {
+    let batch = texts.len();
+    let width = texts.clone().map(TokenIds::len).max().unwrap_or(0);
+    let mut ids = vec![pad_id; batch * width];
+    let mut mask = vec![0i64; batch * width];
+    let mut type_ids = vec![0i64; batch * width];
+    for (row, text) in texts.enumerate() {
+        let start = row * width;
+        ids[start..start + text.ids.len()].copy_from_slice(&text.ids);
+        mask[start..start + text.ids.len()].fill(1);
+        type_ids[start..start + text.type_ids.len()].copy_from_slice(&text.type_ids);
+    }
+    let shape = [batch, width];
+    let mut inputs = vec![
+        ("input_ids".to_string(), int64_tensor(&shape, ids)),
+        ("attention_mask".to_string(), int64_tensor(&shape, mask)),
+    ];
+    if takes_token_types {
+        inputs.push(("token_type_ids".to_string(), int64_tensor(&shape, type_ids)));
+    }
+    (inputs, width)
+}
+
+fn int64_tensor(shape: &[usize], values: Vec<i64>) -> Tensor {
+    Tensor {
+        shape: shape.to_vec(),
+        data: TensorData::I64(values),
+    }
+}
+
+/// One tokenized text on its way to the encoder thread.
+pub struct EncodeItem {
+    tokens: TokenIds,
     pooling: Pooling,
 }
 
@@ -138,29 +198,16 @@ impl BatchRunner for EncoderRunner {
     type Output = Vec<f32>;
 
     fn tokens(&self, item: &EncodeItem) -> usize {
-        item.ids.len()
+        item.tokens.len()
     }
 
     fn run(&mut self, items: Vec<EncodeItem>) -> Result<Vec<Vec<f32>>, InferenceError> {
         let batch = items.len();
-        let width = items.iter().map(|item| item.ids.len()).max().unwrap_or(0);
-        let mut ids = vec![self.pad_id; batch * width];
-        let mut mask = vec![0i64; batch * width];
-        let mut type_ids = vec![0i64; batch * width];
-        for (row, item) in items.iter().enumerate() {
-            let start = row * width;
-            ids[start..start + item.ids.len()].copy_from_slice(&item.ids);
-            mask[start..start + item.ids.len()].fill(1);
-            type_ids[start..start + item.type_ids.len()].copy_from_slice(&item.type_ids);
-        }
-        let shape = vec![batch, width];
-        let mut inputs = vec![
-            ("input_ids".to_string(), tensor(&shape, ids)),
-            ("attention_mask".to_string(), tensor(&shape, mask.clone())),
-        ];
-        if self.takes_token_types {
-            inputs.push(("token_type_ids".to_string(), tensor(&shape, type_ids)));
-        }
+        let (inputs, width) = padded_token_inputs(
+            items.iter().map(|item| &item.tokens),
+            self.pad_id,
+            self.takes_token_types,
+        );
         let outputs = self.engine.run(inputs).map_err(engines::run_error)?;
         let hidden = engines::output(&outputs, "last_hidden_state")?;
         let values = hidden.as_f32().map_err(engines::run_error)?;
@@ -181,12 +228,12 @@ impl BatchRunner for EncoderRunner {
                 Pooling::Cls => token_vector(0).to_vec(),
                 Pooling::Mean => {
                     let mut sum = vec![0f32; dim];
-                    for token in 0..item.ids.len() {
+                    for token in 0..item.tokens.len() {
                         for (total, value) in sum.iter_mut().zip(token_vector(token)) {
                             *total += value;
                         }
                     }
-                    let count = item.ids.len().max(1) as f32;
+                    let count = item.tokens.len().max(1) as f32;
                     sum.iter_mut().for_each(|value| *value /= count);
                     sum
                 }
@@ -197,13 +244,6 @@ impl BatchRunner for EncoderRunner {
             vectors.push(vector);
         }
         Ok(vectors)
-    }
-}
-
-fn tensor(shape: &[usize], values: Vec<i64>) -> Tensor {
-    Tensor {
-        shape: shape.to_vec(),
-        data: TensorData::I64(values),
     }
 }
 
@@ -323,22 +363,13 @@ impl TextEncoder {
                     ))
                 })?;
             truncated.push(!encoding.get_overflowing().is_empty());
-            items.push(encode_item(&encoding, pooling));
+            items.push(EncodeItem {
+                tokens: TokenIds::from_encoding(&encoding),
+                pooling,
+            });
         }
         let vectors = self.worker.submit(items).await?;
         Ok(Embeddings { vectors, truncated })
-    }
-}
-
-fn encode_item(encoding: &Encoding, pooling: Pooling) -> EncodeItem {
-    EncodeItem {
-        ids: encoding.get_ids().iter().map(|&id| i64::from(id)).collect(),
-        type_ids: encoding
-            .get_type_ids()
-            .iter()
-            .map(|&id| i64::from(id))
-            .collect(),
-        pooling,
     }
 }
 

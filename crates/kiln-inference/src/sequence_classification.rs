@@ -8,13 +8,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use kiln_engine::{ElementType, Engine, Tensor, TensorData};
+use kiln_engine::{ElementType, Engine};
 use kiln_models::{EngineKind, Manifest, ModelStore};
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
 use crate::batching::{BatchHandle, BatchOptions, BatchRunner, BatchStats};
-use crate::embeddings::{load_tokenizer, max_tokens};
+use crate::embeddings::{load_tokenizer, max_tokens, padded_token_inputs, TokenIds};
 use crate::engines::{self, OnnxEngineOptions};
 use crate::image_classification::{softmax, top_labels};
 use crate::InferenceError;
@@ -23,12 +23,6 @@ const INPUT_IDS: &str = "input_ids";
 const ATTENTION_MASK: &str = "attention_mask";
 const TOKEN_TYPE_IDS: &str = "token_type_ids";
 const LOGITS: &str = "logits";
-
-/// One tokenized text on its way to the classifier thread.
-pub struct TokenizedText {
-    ids: Vec<i64>,
-    type_ids: Vec<i64>,
-}
 
 /// The classifier thread's side: pads a batch, runs the engine and turns logits into scores.
 struct ClassifierRunner {
@@ -40,38 +34,20 @@ struct ClassifierRunner {
 }
 
 impl BatchRunner for ClassifierRunner {
-    type Item = TokenizedText;
+    type Item = TokenIds;
     /// Softmax scores in label-id order.
     type Output = Vec<f32>;
 
-    fn tokens(&self, item: &TokenizedText) -> usize {
-        item.ids.len()
+    fn tokens(&self, item: &TokenIds) -> usize {
+        item.len()
     }
 
     // NOTE: int8 graphs from onnxruntime's quantize_dynamic pick one activation scale per
     // tensor, over the whole batch and its padding. So their scores can shift slightly with
     // the other texts that share a batch.
-    fn run(&mut self, items: Vec<TokenizedText>) -> Result<Vec<Vec<f32>>, InferenceError> {
+    fn run(&mut self, items: Vec<TokenIds>) -> Result<Vec<Vec<f32>>, InferenceError> {
         let batch = items.len();
-        let width = items.iter().map(|item| item.ids.len()).max().unwrap_or(0);
-        let mut ids = vec![self.pad_id; batch * width];
-        let mut mask = vec![0i64; batch * width];
-        let mut type_ids = vec![0i64; batch * width];
-        for (row, item) in items.iter().enumerate() {
-            let start = row * width;
-            ids[start..start + item.ids.len()].copy_from_slice(&item.ids);
-            mask[start..start + item.ids.len()].fill(1);
-            type_ids[start..start + item.type_ids.len()].copy_from_slice(&item.type_ids);
-        }
-        let shape = vec![batch, width];
-        let mut inputs = vec![
-            (INPUT_IDS.to_string(), int64_tensor(&shape, ids)),
-            (ATTENTION_MASK.to_string(), int64_tensor(&shape, mask)),
-        ];
-        if self.takes_token_types {
-            inputs.push((TOKEN_TYPE_IDS.to_string(), int64_tensor(&shape, type_ids)));
-        }
-
+        let (inputs, _) = padded_token_inputs(items.iter(), self.pad_id, self.takes_token_types);
         let outputs = self.engine.run(inputs).map_err(engines::run_error)?;
         let logits = engines::output(&outputs, LOGITS)?;
         if logits.shape != [batch, self.labels] {
@@ -89,13 +65,6 @@ impl BatchRunner for ClassifierRunner {
                 scores
             })
             .collect())
-    }
-}
-
-fn int64_tensor(shape: &[usize], values: Vec<i64>) -> Tensor {
-    Tensor {
-        shape: shape.to_vec(),
-        data: TensorData::I64(values),
     }
 }
 
@@ -173,17 +142,9 @@ impl SequenceClassifier {
             .map_err(|error| {
                 InferenceError::invalid_input(format!("`text` could not be tokenized: {error}"))
             })?;
-        let item = TokenizedText {
-            ids: encoding.get_ids().iter().map(|&id| i64::from(id)).collect(),
-            type_ids: encoding
-                .get_type_ids()
-                .iter()
-                .map(|&id| i64::from(id))
-                .collect(),
-        };
         let scores = self
             .worker
-            .submit(vec![item])
+            .submit(vec![TokenIds::from_encoding(&encoding)])
             .await?
             .pop()
             .ok_or_else(|| InferenceError::internal("the classifier returned no scores"))?;
@@ -288,7 +249,7 @@ fn check_signature(engine: &dyn Engine, labels: usize) -> Result<bool, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_engine::{EngineError, TensorSpec};
+    use kiln_engine::{EngineError, Tensor, TensorSpec};
     use serde_json::json;
 
     #[test]

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use kiln_kv::test_support::RedisServer;
-use kiln_kv::{BackendConfig, Kv, KvError, ListKey, ListOptions, ManualClock, PutOptions};
+use kiln_kv::{
+    BackendConfig, Entry, Kv, KvError, ListKey, ListOptions, ManualClock, Namespace, PutOptions,
+};
 use serde_json::json;
 
 /// The manual clock's start, in Unix seconds.
@@ -119,6 +121,23 @@ fn with_metadata(metadata: serde_json::Value) -> PutOptions {
     }
 }
 
+/// Puts `value` under `key` with no expiration and no metadata.
+async fn put(namespace: &Namespace, key: &str, value: Bytes) {
+    namespace
+        .put(key, value, PutOptions::default())
+        .await
+        .unwrap_or_else(|error| panic!("put {key:?} failed: {error}"));
+}
+
+/// Reads an entry that the case has stored, failing the test if it is missing.
+async fn stored(namespace: &Namespace, key: &str) -> Entry {
+    namespace
+        .get(key, None)
+        .await
+        .unwrap_or_else(|error| panic!("get {key:?} failed: {error}"))
+        .unwrap_or_else(|| panic!("{key:?} is not stored"))
+}
+
 fn names(keys: &[ListKey]) -> Vec<&str> {
     keys.iter().map(|key| key.name.as_str()).collect()
 }
@@ -143,7 +162,7 @@ fn assert_type_error(result: Result<impl std::fmt::Debug, KvError>) {
 }
 
 /// Lists every key of a namespace page by page with the given limit.
-async fn list_all(namespace: &kiln_kv::Namespace, prefix: Option<&str>, limit: f64) -> Vec<String> {
+async fn list_all(namespace: &Namespace, prefix: Option<&str>, limit: f64) -> Vec<String> {
     let mut all = Vec::new();
     let mut cursor = None;
     loop {
@@ -172,45 +191,25 @@ mod cases {
         let ns = h.kv.namespace("app");
         assert_eq!(ns.get("greeting", None).await.unwrap(), None);
 
-        ns.put("greeting", text("hello, world"), PutOptions::default())
-            .await
-            .unwrap();
-        let entry = ns
-            .get("greeting", None)
-            .await
-            .unwrap()
-            .expect("stored entry");
+        put(&ns, "greeting", text("hello, world")).await;
+        let entry = stored(&ns, "greeting").await;
         assert_eq!(entry.value, text("hello, world"));
         assert_eq!(entry.expiration, None);
         assert_eq!(entry.metadata, None);
 
         let binary: Vec<u8> = (0..=255u8).rev().chain(0..=255u8).collect();
-        ns.put("blob", Bytes::from(binary.clone()), PutOptions::default())
-            .await
-            .unwrap();
-        let entry = ns.get("blob", None).await.unwrap().expect("stored entry");
+        put(&ns, "blob", Bytes::from(binary.clone())).await;
+        let entry = stored(&ns, "blob").await;
         assert_eq!(entry.value.as_ref(), binary.as_slice());
 
-        ns.put("empty", Bytes::new(), PutOptions::default())
-            .await
-            .unwrap();
-        let entry = ns
-            .get("empty", None)
-            .await
-            .unwrap()
-            .expect("stored empty value");
+        put(&ns, "empty", Bytes::new()).await;
+        let entry = stored(&ns, "empty").await;
         assert!(entry.value.is_empty());
 
         // Last write wins, and an overwrite drops the earlier metadata and expiration.
         ns.put("greeting", text("first"), ttl(120.0)).await.unwrap();
-        ns.put("greeting", text("second"), PutOptions::default())
-            .await
-            .unwrap();
-        let entry = ns
-            .get("greeting", None)
-            .await
-            .unwrap()
-            .expect("stored entry");
+        put(&ns, "greeting", text("second")).await;
+        let entry = stored(&ns, "greeting").await;
         assert_eq!(entry.value, text("second"));
         assert_eq!(entry.expiration, None);
 
@@ -231,20 +230,14 @@ mod cases {
         ns.put("doc", text("body"), with_metadata(metadata.clone()))
             .await
             .unwrap();
-        ns.put("plain", text("body"), PutOptions::default())
-            .await
-            .unwrap();
+        put(&ns, "plain", text("body")).await;
         ns.put("null-metadata", text("body"), with_metadata(json!(null)))
             .await
             .unwrap();
 
-        let entry = ns.get("doc", None).await.unwrap().expect("stored entry");
+        let entry = stored(&ns, "doc").await;
         assert_eq!(entry.metadata, Some(metadata.clone()));
-        let entry = ns
-            .get("null-metadata", None)
-            .await
-            .unwrap()
-            .expect("stored entry");
+        let entry = stored(&ns, "null-metadata").await;
         assert_eq!(entry.metadata, None);
 
         let page = ns.list(ListOptions::default()).await.unwrap();
@@ -257,7 +250,7 @@ mod cases {
     pub async fn small_list_is_complete(h: &Harness) {
         let ns = h.kv.namespace("app");
         for key in ["c", "a", "b"] {
-            ns.put(key, text(key), PutOptions::default()).await.unwrap();
+            put(&ns, key, text(key)).await;
         }
         let page = ns.list(ListOptions::default()).await.unwrap();
         assert_eq!(names(&page.keys), ["a", "b", "c"]);
@@ -322,7 +315,7 @@ mod cases {
         for key in [
             "user:1", "user:2", "user:10", "users", "user;", "admin", "use", "zebra",
         ] {
-            ns.put(key, text(key), PutOptions::default()).await.unwrap();
+            put(&ns, key, text(key)).await;
         }
         let page = ns
             .list(ListOptions {
@@ -366,7 +359,7 @@ mod cases {
             "b", "B", "a", "A", "~", "~~", "é", "e", "中", "z", "Z", "ab", "a b", "😀", "ÿ",
         ];
         for key in keys {
-            ns.put(key, text(key), PutOptions::default()).await.unwrap();
+            put(&ns, key, text(key)).await;
         }
         let mut expected: Vec<&str> = keys.to_vec();
         expected.sort_by(|left, right| left.as_bytes().cmp(right.as_bytes()));
@@ -383,7 +376,7 @@ mod cases {
     pub async fn list_limit_rules(h: &Harness) {
         let ns = h.kv.namespace("app");
         for key in ["a", "b", "c"] {
-            ns.put(key, text(key), PutOptions::default()).await.unwrap();
+            put(&ns, key, text(key)).await;
         }
         let page = ns
             .list(ListOptions {
@@ -443,7 +436,7 @@ mod cases {
         );
 
         ns.put("k", text("v"), ttl(60.0)).await.unwrap();
-        let entry = ns.get("k", None).await.unwrap().expect("stored entry");
+        let entry = stored(&ns, "k").await;
         assert_eq!(entry.expiration, Some(START + 60));
         let page = ns.list(ListOptions::default()).await.unwrap();
         assert_eq!(page.keys[0].expiration, Some(START + 60));
@@ -476,7 +469,7 @@ mod cases {
         ns.put("k", text("v"), expire_at((START + 60) as f64))
             .await
             .unwrap();
-        let entry = ns.get("k", None).await.unwrap().expect("stored entry");
+        let entry = stored(&ns, "k").await;
         assert_eq!(entry.expiration, Some(START + 60));
 
         // With both options, the relative one decides.
@@ -486,7 +479,7 @@ mod cases {
             metadata: None,
         };
         ns.put("both", text("v"), both).await.unwrap();
-        let entry = ns.get("both", None).await.unwrap().expect("stored entry");
+        let entry = stored(&ns, "both").await;
         assert_eq!(entry.expiration, Some(START + 120));
     }
 
@@ -496,9 +489,7 @@ mod cases {
         ns.put("absolute", text("a"), expire_at((START + 90) as f64))
             .await
             .unwrap();
-        ns.put("forever", text("f"), PutOptions::default())
-            .await
-            .unwrap();
+        put(&ns, "forever", text("f")).await;
 
         h.clock.advance(59);
         assert!(ns.get("relative", None).await.unwrap().is_some());
@@ -537,14 +528,8 @@ mod cases {
         );
 
         // Writing an expired key again brings it back.
-        ns.put("relative", text("again"), PutOptions::default())
-            .await
-            .unwrap();
-        let entry = ns
-            .get("relative", None)
-            .await
-            .unwrap()
-            .expect("rewritten entry");
+        put(&ns, "relative", text("again")).await;
+        let entry = stored(&ns, "relative").await;
         assert_eq!(entry.value, text("again"));
     }
 
@@ -622,14 +607,10 @@ mod cases {
         assert!(page.keys.is_empty());
 
         let longest = "k".repeat(512);
-        ns.put(&longest, text("v"), PutOptions::default())
-            .await
-            .unwrap();
+        put(&ns, &longest, text("v")).await;
         assert!(ns.get(&longest, None).await.unwrap().is_some());
         let dotted = "...";
-        ns.put(dotted, text("v"), PutOptions::default())
-            .await
-            .unwrap();
+        put(&ns, dotted, text("v")).await;
         assert!(ns.get(dotted, None).await.unwrap().is_some());
     }
 
@@ -640,7 +621,7 @@ mod cases {
         ns.put("fits", text("v"), with_metadata(fits.clone()))
             .await
             .unwrap();
-        let entry = ns.get("fits", None).await.unwrap().expect("stored entry");
+        let entry = stored(&ns, "fits").await;
         assert_eq!(entry.metadata, Some(fits));
 
         assert_rejected(
@@ -669,10 +650,8 @@ mod cases {
         assert_eq!(ns.get("big", None).await.unwrap(), None);
 
         let largest = Bytes::from(vec![7u8; limit]);
-        ns.put("big", largest.clone(), PutOptions::default())
-            .await
-            .unwrap();
-        let entry = ns.get("big", None).await.unwrap().expect("stored entry");
+        put(&ns, "big", largest.clone()).await;
+        let entry = stored(&ns, "big").await;
         assert_eq!(entry.value.len(), limit);
         assert!(entry.value == largest);
     }
@@ -682,22 +661,10 @@ mod cases {
         let second = h.kv.namespace("second");
         // Ids that share a prefix, or contain the store's own separators, stay apart too.
         let tricky = h.kv.namespace("first:value:shared");
-        first
-            .put("shared", text("one"), PutOptions::default())
-            .await
-            .unwrap();
-        second
-            .put("shared", text("two"), PutOptions::default())
-            .await
-            .unwrap();
-        tricky
-            .put("x", text("three"), PutOptions::default())
-            .await
-            .unwrap();
-        first
-            .put("only-first", text("1"), PutOptions::default())
-            .await
-            .unwrap();
+        put(&first, "shared", text("one")).await;
+        put(&second, "shared", text("two")).await;
+        put(&tricky, "x", text("three")).await;
+        put(&first, "only-first", text("1")).await;
 
         assert_eq!(
             first.get("shared", None).await.unwrap().unwrap().value,
@@ -730,10 +697,7 @@ mod cases {
 
         // A write creates its namespace; a read or a delete does not.
         let implicit = h.kv.namespace("a-space");
-        implicit
-            .put("k", text("v"), PutOptions::default())
-            .await
-            .unwrap();
+        put(&implicit, "k", text("v")).await;
         h.kv.namespace("read-only").get("k", None).await.unwrap();
         h.kv.namespace("delete-only").delete("k").await.unwrap();
         assert_eq!(
@@ -772,7 +736,7 @@ mod cases {
         ns.put("a", text("1"), with_metadata(json!({"n": 1})))
             .await
             .unwrap();
-        ns.put("c", text("3"), PutOptions::default()).await.unwrap();
+        put(&ns, "c", text("3")).await;
         let keys: Vec<String> = ["c", "b", "a"].map(String::from).to_vec();
         let entries = ns.get_many(&keys, None).await.unwrap();
         assert_eq!(entries.len(), 3);
@@ -798,7 +762,7 @@ mod cases {
 
     pub async fn cache_ttl_validation(h: &Harness) {
         let ns = h.kv.namespace("app");
-        ns.put("k", text("v"), PutOptions::default()).await.unwrap();
+        put(&ns, "k", text("v")).await;
         assert!(ns.get("k", Some(30.0)).await.unwrap().is_some());
         assert!(ns.get("k", Some(3600.0)).await.unwrap().is_some());
         assert_rejected(
@@ -819,10 +783,7 @@ mod cases {
         first.put("short", text("v"), ttl(60.0)).await.unwrap();
         first.put("long", text("v"), ttl(600.0)).await.unwrap();
         second.put("short", text("v"), ttl(60.0)).await.unwrap();
-        second
-            .put("forever", text("v"), PutOptions::default())
-            .await
-            .unwrap();
+        put(&second, "forever", text("v")).await;
 
         assert_eq!(h.kv.purge_expired().await.unwrap(), 0);
         h.clock.advance(60);

@@ -14,15 +14,15 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use kiln_kv::KvError;
 use rquickjs::promise::PromiseState;
 use rquickjs::{Context, Ctx, Function, Object, Persistent, Runtime, TypedArray, Value};
-use kiln_kv::KvError;
 use tokio::sync::oneshot;
 
 use crate::binding::{AiError, AiOutput};
 use crate::bytecode::{self, DeclareError};
-use crate::kv::KvReply;
 use crate::host::{self, AiSettlement, HostState, Reply, SharedState};
+use crate::kv::KvReply;
 use crate::modules::{SourceMaps, WorkerLoader, WorkerResolver};
 use crate::worker::{
     Limit, Limits, Services, StartError, WorkerError, WorkerRequest, WorkerResponse, WorkerSpec,
@@ -299,10 +299,9 @@ impl Isolate {
                 call,
                 result,
             } => {
-                if generation != self.state.borrow().generation {
+                let Some(owner) = self.finish_call(generation, call) else {
                     return;
-                }
-                let owner = self.state.borrow_mut().call_owner.remove(&call).flatten();
+                };
                 let settlement = host::settle_ai(&self.state, owner, result);
                 self.turn(owner, |_, host| match settlement {
                     AiSettlement::Json(json) => {
@@ -324,11 +323,12 @@ impl Isolate {
                 call,
                 result,
             } => {
-                if generation != self.state.borrow().generation {
+                let Some(owner) = self.finish_call(generation, call) else {
                     return;
-                }
-                let owner = self.state.borrow_mut().call_owner.remove(&call).flatten();
-                self.turn(owner, |ctx, host| crate::kv::settle(ctx, host, call, result));
+                };
+                self.turn(owner, |ctx, host| {
+                    crate::kv::settle(ctx, host, call, result)
+                });
             }
             Event::StreamChunk {
                 generation,
@@ -362,6 +362,17 @@ impl Isolate {
             }
             Event::Shutdown => {}
         }
+    }
+
+    /// Removes a finished AI or KV call and returns the request that made it, which is `None`
+    /// outside a request. Returns `None` instead when the call comes from a discarded isolate
+    /// (an older generation), whose results are dropped.
+    fn finish_call(&self, generation: u64, call: u64) -> Option<Option<u64>> {
+        let mut state = self.state.borrow_mut();
+        if generation != state.generation {
+            return None;
+        }
+        Some(state.call_owner.remove(&call).flatten())
     }
 
     fn handle_fetch(

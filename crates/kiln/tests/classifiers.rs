@@ -8,9 +8,8 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-use common::Node;
+use common::{import_model, listed_models, stderr, Node};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -66,19 +65,13 @@ fn model_id(architecture: &str, format: &Format) -> String {
     format!("tiny-{architecture}-{}", format.name)
 }
 
-fn kiln(models_dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .arg("--models-dir")
-        .arg(models_dir)
-        .env_remove("KILN_MODELS_DIR")
-        .env("KILN_HOME", models_dir.join("home"))
-        .output()
-        .expect("run kiln")
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
+/// Every imported classifier: its architecture, its format and its model id.
+fn all_models() -> impl Iterator<Item = (&'static str, &'static Format, String)> {
+    ARCHITECTURES.into_iter().flat_map(|architecture| {
+        FORMATS
+            .iter()
+            .map(move |format| (architecture, format, model_id(architecture, format)))
+    })
 }
 
 fn sha256_file(path: &Path) -> String {
@@ -91,38 +84,23 @@ fn sha256_file(path: &Path) -> String {
 fn import_all() -> tempfile::TempDir {
     let home = tempfile::tempdir().expect("temp dir");
     let models = home.path().join("models");
-    for architecture in ARCHITECTURES {
-        let source = data_dir().join(architecture);
-        for format in &FORMATS {
-            let id = model_id(architecture, format);
-            let mut args = vec![
-                "models",
-                "import",
-                source.to_str().expect("utf-8 path"),
-                "--id",
-                &id,
-            ];
-            if let Some(weights) = format.weights_option {
-                args.extend(["--weights", weights]);
-            }
-            let output = kiln(&models, &args);
-            assert!(output.status.success(), "{id}: {}", stderr(&output));
-        }
+    for (architecture, format, id) in all_models() {
+        let weights_args = match format.weights_option {
+            Some(weights) => vec!["--weights", weights],
+            None => Vec::new(),
+        };
+        let output = import_model(&models, &data_dir().join(architecture), &id, &weights_args);
+        assert!(output.status.success(), "{id}: {}", stderr(&output));
     }
 
-    let output = kiln(&models, &["models", "list", "--json"]);
-    assert!(output.status.success(), "{}", stderr(&output));
-    let manifests: Vec<Value> = serde_json::from_slice(&output.stdout).expect("list --json");
+    let manifests = listed_models(&models);
     assert_eq!(manifests.len(), ARCHITECTURES.len() * FORMATS.len());
-    for architecture in ARCHITECTURES {
-        for format in &FORMATS {
-            let id = model_id(architecture, format);
-            let manifest = manifests
-                .iter()
-                .find(|manifest| manifest["id"] == id.as_str())
-                .unwrap_or_else(|| panic!("{id} is not listed"));
-            check_manifest(manifest, &data_dir().join(architecture), format);
-        }
+    for (architecture, format, id) in all_models() {
+        let manifest = manifests
+            .iter()
+            .find(|manifest| manifest["id"] == id.as_str())
+            .unwrap_or_else(|| panic!("{id} is not listed"));
+        check_manifest(manifest, &data_dir().join(architecture), format);
     }
     home
 }
@@ -192,6 +170,13 @@ fn labels(reference: &Value, architecture: &str) -> Vec<String> {
     serde_json::from_value(reference["models"][architecture]["labels"].clone()).expect("labels")
 }
 
+/// Returns the reference texts of one architecture, each with its expected scores.
+fn cases<'a>(reference: &'a Value, architecture: &str) -> &'a [Value] {
+    reference["models"][architecture]["cases"]
+        .as_array()
+        .expect("cases")
+}
+
 fn expected_scores(case: &Value, format: &Format) -> Vec<f64> {
     serde_json::from_value(case[format.reference]["scores"].clone()).expect("scores")
 }
@@ -203,9 +188,7 @@ fn imported_classifiers_match_reference() {
     let reference = reference();
     for architecture in ARCHITECTURES {
         let labels = labels(&reference, architecture);
-        let cases = reference["models"][architecture]["cases"]
-            .as_array()
-            .expect("cases");
+        let cases = cases(&reference, architecture);
         for format in &FORMATS {
             let id = model_id(architecture, format);
             for case in cases {
@@ -233,9 +216,7 @@ fn concurrent_requests_match_reference() {
     let reference = reference();
     for architecture in ARCHITECTURES {
         let labels = labels(&reference, architecture);
-        let cases = reference["models"][architecture]["cases"]
-            .as_array()
-            .expect("cases");
+        let cases = cases(&reference, architecture);
         for format in FORMATS.iter().filter(|format| format.name != "int8") {
             let id = model_id(architecture, format);
             let threads: Vec<_> = cases
@@ -295,22 +276,19 @@ fn model_search_lists_the_task() {
     assert_eq!(response.status(), 200);
     let body: Value = response.json().expect("JSON body");
     let entries = body["result"].as_array().expect("result array");
-    for architecture in ARCHITECTURES {
-        for format in &FORMATS {
-            let id = model_id(architecture, format);
-            let entry = entries
-                .iter()
-                .find(|entry| entry["name"] == id.as_str())
-                .unwrap_or_else(|| panic!("{id} is not in {body}"));
-            assert_eq!(entry["task"]["name"], "Text Classification", "{id}");
-            let engine = entry["properties"]
-                .as_array()
-                .expect("properties")
-                .iter()
-                .find(|property| property["property_id"] == "engine")
-                .map(|property| property["value"].clone());
-            assert_eq!(engine, Some(json!(format.engine)), "{id}");
-        }
+    for (_, format, id) in all_models() {
+        let entry = entries
+            .iter()
+            .find(|entry| entry["name"] == id.as_str())
+            .unwrap_or_else(|| panic!("{id} is not in {body}"));
+        assert_eq!(entry["task"]["name"], "Text Classification", "{id}");
+        let engine = entry["properties"]
+            .as_array()
+            .expect("properties")
+            .iter()
+            .find(|property| property["property_id"] == "engine")
+            .map(|property| property["value"].clone());
+        assert_eq!(engine, Some(json!(format.engine)), "{id}");
     }
 }
 
@@ -324,17 +302,11 @@ fn import_rejects_missing_weights_file() {
         std::fs::copy(data_dir().join("distilbert").join(name), source.join(name))
             .expect("copy a model file");
     }
-    let output = kiln(
+    let output = import_model(
         &models,
-        &[
-            "models",
-            "import",
-            source.to_str().expect("utf-8 path"),
-            "--id",
-            "tiny-int8",
-            "--weights",
-            "onnx/model_quantized.onnx",
-        ],
+        &source,
+        "tiny-int8",
+        &["--weights", "onnx/model_quantized.onnx"],
     );
     assert!(!output.status.success());
     assert!(
@@ -344,19 +316,9 @@ fn import_rejects_missing_weights_file() {
     );
 
     // Without the option, the folder's only weights file is chosen.
-    let output = kiln(
-        &models,
-        &[
-            "models",
-            "import",
-            source.to_str().expect("utf-8 path"),
-            "--id",
-            "tiny-default",
-        ],
-    );
+    let output = import_model(&models, &source, "tiny-default", &[]);
     assert!(output.status.success(), "{}", stderr(&output));
-    let output = kiln(&models, &["models", "list", "--json"]);
-    let manifests: Vec<Value> = serde_json::from_slice(&output.stdout).expect("list --json");
+    let manifests = listed_models(&models);
     assert_eq!(manifests.len(), 1);
     assert_eq!(manifests[0]["engine"], "safetensors");
     assert_eq!(manifests[0]["task"], "text-classification");

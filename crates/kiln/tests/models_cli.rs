@@ -2,40 +2,15 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{import_model, kiln_on_models, listed_models, stderr};
 use serde_json::Value;
 
 /// SHA-256 of the bundled SmolLM2 GGUF file.
 const CHAT_MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
-
-fn kiln(models_dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .arg("--models-dir")
-        .arg(models_dir)
-        .env_remove("KILN_MODELS_DIR")
-        .env("KILN_HOME", models_dir.join("home"))
-        .output()
-        .expect("run kiln")
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn listed(models_dir: &Path) -> Vec<Value> {
-    let output = kiln(models_dir, &["models", "list", "--json"]);
-    assert!(output.status.success(), "{}", stderr(&output));
-    serde_json::from_slice::<Value>(&output.stdout)
-        .expect("list --json prints JSON")
-        .as_array()
-        .expect("a JSON array")
-        .clone()
-}
 
 fn bundled_gguf() -> PathBuf {
     let dir = common::models_dir().join(common::CHAT_MODEL);
@@ -52,32 +27,22 @@ fn import_list_verify_remove() {
     let models = home.path().join("models");
     let gguf = bundled_gguf();
 
-    let output = kiln(
-        &models,
-        &[
-            "models",
-            "import",
-            gguf.to_str().expect("utf-8 path"),
-            "--id",
-            "my-chat",
-            "--link",
-        ],
-    );
+    let output = import_model(&models, &gguf, "my-chat", &["--link"]);
     assert!(output.status.success(), "{}", stderr(&output));
 
-    let manifests = listed(&models);
+    let manifests = listed_models(&models);
     assert_eq!(manifests.len(), 1);
     assert_eq!(manifests[0]["id"], "my-chat");
     assert_eq!(manifests[0]["task"], "text-generation");
     assert_eq!(manifests[0]["engine"], "llama");
     assert_eq!(manifests[0]["files"][0]["sha256"], CHAT_MODEL_SHA256);
 
-    let output = kiln(&models, &["models", "verify", "my-chat"]);
+    let output = kiln_on_models(&models, &["models", "verify", "my-chat"]);
     assert!(output.status.success(), "{}", stderr(&output));
 
-    let output = kiln(&models, &["models", "remove", "my-chat"]);
+    let output = kiln_on_models(&models, &["models", "remove", "my-chat"]);
     assert!(output.status.success(), "{}", stderr(&output));
-    assert!(listed(&models).is_empty());
+    assert!(listed_models(&models).is_empty());
 }
 
 #[test]
@@ -87,21 +52,12 @@ fn import_rejects_unknown_format() {
     let text_file = home.path().join("notes.txt");
     std::fs::write(&text_file, "not a model").expect("write file");
 
-    let output = kiln(
-        &models,
-        &[
-            "models",
-            "import",
-            text_file.to_str().expect("utf-8 path"),
-            "--id",
-            "notes",
-        ],
-    );
+    let output = import_model(&models, &text_file, "notes", &[]);
     assert!(!output.status.success());
     let message = stderr(&output);
     assert!(message.contains("notes.txt"), "{message}");
     assert!(message.to_lowercase().contains("gguf"), "{message}");
-    assert!(listed(&models).is_empty());
+    assert!(listed_models(&models).is_empty());
 }
 
 #[test]
@@ -111,23 +67,12 @@ fn import_rejects_wrong_sha256() {
     let gguf = bundled_gguf();
     let wrong = "0".repeat(64);
 
-    let output = kiln(
-        &models,
-        &[
-            "models",
-            "import",
-            gguf.to_str().expect("utf-8 path"),
-            "--id",
-            "bad",
-            "--sha256",
-            &wrong,
-        ],
-    );
+    let output = import_model(&models, &gguf, "bad", &["--sha256", &wrong]);
     assert!(!output.status.success());
     let message = stderr(&output);
     assert!(message.contains(&wrong), "{message}");
     assert!(message.contains(CHAT_MODEL_SHA256), "{message}");
-    assert!(listed(&models).is_empty());
+    assert!(listed_models(&models).is_empty());
 }
 
 /// A static file server (Python's http.server) that lays out a Hugging Face style repository.
@@ -151,10 +96,7 @@ impl HubServer {
         std::fs::create_dir_all(&file_dir).expect("file dir");
         std::os::unix::fs::symlink(source, file_dir.join(file)).expect("link model file");
 
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("free port")
-            .port();
+        let port = common::free_port();
         let child = Command::new("python3")
             .args([
                 "-m",
@@ -206,7 +148,7 @@ fn pull_from_local_hub_then_serve() {
         .expect("run kiln models pull");
     assert!(output.status.success(), "{}", stderr(&output));
 
-    let manifests = listed(&models);
+    let manifests = listed_models(&models);
     assert_eq!(manifests.len(), 1);
     assert_eq!(manifests[0]["id"], "tiny-chat");
     assert_eq!(manifests[0]["source"], "hf:acme/tiny-chat");
@@ -234,21 +176,11 @@ fn list_warns_about_broken_manifest() {
     let home = tempfile::tempdir().expect("temp dir");
     let models = home.path().join("models");
     let gguf = bundled_gguf();
-    let output = kiln(
-        &models,
-        &[
-            "models",
-            "import",
-            gguf.to_str().expect("utf-8 path"),
-            "--id",
-            "chat",
-            "--link",
-        ],
-    );
+    let output = import_model(&models, &gguf, "chat", &["--link"]);
     assert!(output.status.success(), "{}", stderr(&output));
     std::fs::write(models.join("chat/manifest.json"), "{broken").expect("corrupt the manifest");
 
-    let output = kiln(&models, &["models", "list"]);
+    let output = kiln_on_models(&models, &["models", "list"]);
     assert!(output.status.success(), "{}", stderr(&output));
     let message = stderr(&output);
     assert!(message.contains("broken manifest"), "{message}");

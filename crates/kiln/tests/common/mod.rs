@@ -5,8 +5,8 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,43 @@ pub fn models_dir() -> PathBuf {
     dir
 }
 
+/// Runs `kiln ARGS --models-dir MODELS_DIR`, with KILN_HOME in `MODELS_DIR/home` so no
+/// configuration outside the test is read.
+pub fn kiln_on_models(models_dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .arg("--models-dir")
+        .arg(models_dir)
+        .env_remove("KILN_MODELS_DIR")
+        .env("KILN_HOME", models_dir.join("home"))
+        .output()
+        .expect("run kiln")
+}
+
+/// Runs `kiln models import SOURCE --id ID EXTRA_ARGS` on `models_dir`.
+pub fn import_model(models_dir: &Path, source: &Path, id: &str, extra_args: &[&str]) -> Output {
+    let mut args = vec![
+        "models",
+        "import",
+        source.to_str().expect("utf-8 path"),
+        "--id",
+        id,
+    ];
+    args.extend_from_slice(extra_args);
+    kiln_on_models(models_dir, &args)
+}
+
+/// Returns the manifests that `kiln models list --json` prints for `models_dir`.
+pub fn listed_models(models_dir: &Path) -> Vec<serde_json::Value> {
+    let output = kiln_on_models(models_dir, &["models", "list", "--json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    serde_json::from_slice(&output.stdout).expect("list --json prints a JSON array")
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 pub struct Node {
     child: Child,
     pub base: String,
@@ -44,7 +81,7 @@ impl Node {
     }
 
     /// Starts a node on the models in `models` with `config` as its kiln.toml.
-    pub fn start_with_models(models: &std::path::Path, config: &str) -> Node {
+    pub fn start_with_models(models: &Path, config: &str) -> Node {
         let home = tempfile::tempdir().expect("temp dir");
         let mut node = Self::start_at(models, config, home.path());
         node._home = Some(home);
@@ -53,7 +90,7 @@ impl Node {
 
     /// Starts a node whose KILN_HOME (config, and data in `home/data`) is `home`, which
     /// outlives the process, so a later node can start on the same data.
-    pub fn start_at(models: &std::path::Path, config: &str, home: &std::path::Path) -> Node {
+    pub fn start_at(models: &Path, config: &str, home: &Path) -> Node {
         let config_path = home.join("kiln.toml");
         std::fs::write(&config_path, config).expect("write kiln.toml");
         let port = free_port();
