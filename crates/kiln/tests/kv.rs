@@ -187,7 +187,7 @@ fn admin_api_checks_tokens_and_serves_the_cli() {
     assert_eq!(put(Some(&read_token)), 403);
     assert_eq!(put(Some(&kv_token)), 200);
     let log = node.log_text();
-    assert!(log.contains("admin request refused"), "{log}");
+    assert!(log.contains("admin request rejected"), "{log}");
     for token in [&kv_token, &read_token] {
         assert!(!log.contains(token.as_str()), "a token leaked into the log");
     }
