@@ -143,7 +143,7 @@ impl Default for WorkerSettings {
     }
 }
 
-/// Where KV namespaces are stored.
+/// The storage of KV namespaces.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct KvSettings {
@@ -223,7 +223,7 @@ pub struct BatchingSettings {
     /// Maximum tokens (before padding) in one forward pass of a text model.
     pub max_batch_tokens: usize,
     /// How long, in milliseconds, a model waits for more requests before it runs a batch. With
-    /// 0 a batch starts as soon as the model is free and holds every request queued by then.
+    /// 0 a batch starts as soon as the model is free and takes every request queued by then.
     pub max_wait_ms: u64,
     /// Requests that may wait per model; more get 429 with Retry-After.
     pub queue_capacity: usize,

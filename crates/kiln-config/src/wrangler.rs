@@ -49,7 +49,7 @@ pub struct KvNamespaceConfig {
 }
 
 impl KvNamespaceConfig {
-    /// The namespace id for `kiln dev` (`preview_id` when set) or for a deployed worker.
+    /// Returns the namespace id for `kiln dev` (`preview_id` when set) or for a deployed worker.
     pub fn namespace_id(&self, preview: bool) -> &str {
         match (&self.preview_id, preview) {
             (Some(preview_id), true) => preview_id,
@@ -128,9 +128,9 @@ impl WorkerConfig {
                 return Err("each [[kv_namespaces]] entry needs a `binding` and an `id`".into());
             }
             let ai = self.ai.as_ref().map(|ai| ai.binding.as_str());
-            let taken = ai == Some(namespace.binding.as_str())
+            let clashes = ai == Some(namespace.binding.as_str())
                 || self.vars.contains_key(&namespace.binding);
-            if !bindings.insert(namespace.binding.as_str()) || taken {
+            if !bindings.insert(namespace.binding.as_str()) || clashes {
                 return Err(format!(
                     "the binding name {:?} is used twice: give each binding its own name",
                     namespace.binding
@@ -245,7 +245,7 @@ mod tests {
     }
 
     #[test]
-    fn a_binding_name_used_twice_is_rejected() {
+    fn binding_name_used_twice_is_rejected() {
         let error = WorkerConfig::parse(
             "name = \"a\"\nmain = \"i.js\"\n[ai]\nbinding = \"X\"\n\
              [[kv_namespaces]]\nbinding = \"X\"\nid = \"n\"",

@@ -23,7 +23,7 @@ pub const MAX_NAMESPACE_ID_BYTES: usize = 512;
 /// Workers and the admin API cannot reach them.
 pub const RESERVED_NAMESPACE_PREFIX: &str = "__kiln";
 
-/// Whether `id` names one of the node's own namespaces.
+/// Returns whether `id` names one of the node's own namespaces.
 pub fn is_reserved_namespace(id: &str) -> bool {
     id.starts_with(RESERVED_NAMESPACE_PREFIX)
 }

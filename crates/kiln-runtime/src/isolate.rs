@@ -534,8 +534,8 @@ impl Isolate {
 
 /// Evaluates the prelude and the worker's main module, and hands the module's exports to the
 /// prelude. Returns the prelude's host entry points.
-/// The worker's KV bindings, by binding name. Without a store on the node, calls fail with a
-/// clear error instead.
+/// Returns the worker's KV namespaces by binding name. Without a store on the node, the map is
+/// empty and calls fail with a clear error instead.
 fn kv_namespaces(spec: &WorkerSpec, services: &Services) -> HashMap<String, kiln_kv::Namespace> {
     let Some(kv) = &services.kv else {
         return HashMap::new();

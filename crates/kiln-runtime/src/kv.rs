@@ -194,9 +194,9 @@ fn entry_json(entry: &Entry) -> Value {
     })
 }
 
-/// Hands a settled call to the prelude's `kvDone(call, ok, payload, bytes)`: on success
-/// `payload` is JSON (`null` for a missing key) and `bytes` the value of a single `get`; on
-/// failure `payload` is `{name, message, status}`.
+/// Hands a settled call to the prelude's `kvDone(call, ok, payload, bytes)`. On success `payload`
+/// is JSON (`null` for a missing key) and `bytes` the value of a single `get`. On failure
+/// `payload` is `{name, message, status}`.
 pub(crate) fn settle<'js>(
     ctx: &Ctx<'js>,
     host: &Object<'js>,

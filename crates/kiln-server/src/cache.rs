@@ -1,7 +1,7 @@
 //! The inference cache of the REST API, driven by the AI Gateway's request headers:
 //! `cf-aig-cache-ttl: SECONDS` stores the result of a request for that long and serves an
 //! identical later request from the store, `cf-aig-skip-cache: true` bypasses the store, and the
-//! response says `cf-aig-cache-status: HIT` or `MISS`. The older names `cf-cache-ttl` and
+//! response carries `cf-aig-cache-status: HIT` or `MISS`. The older names `cf-cache-ttl` and
 //! `cf-skip-cache` work too.
 //!
 //! Entries live in a KV namespace of the node's store, so nodes that share a Redis store share

@@ -79,7 +79,7 @@ async fn run(
     response
 }
 
-/// Answers from the inference cache, or runs the model and stores a JSON result. Returns the
+/// Serves the result from the inference cache, or runs the model and stores a JSON result. Returns the
 /// output and whether it came from the cache.
 async fn run_cached(
     state: &AppState,

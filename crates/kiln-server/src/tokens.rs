@@ -1,4 +1,4 @@
-//! Bearer tokens of the admin API. Each token has one scope; the node keeps only the SHA-256 of
+//! Bearer tokens of the admin API. Each token has one scope. The node keeps only the SHA-256 of
 //! each token, in `tokens.json` in its data folder, so a copy of the folder gives no access.
 
 use std::path::{Path, PathBuf};

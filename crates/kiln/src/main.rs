@@ -50,7 +50,7 @@ enum TokensCommand {
     /// Create a token and print it on the last line. Only its hash is stored, in the data
     /// folder's tokens.json.
     Create {
-        /// What the token allows: deploy, models, kv or read.
+        /// The token's scope: deploy, models, kv or read.
         #[arg(long, value_parser = kiln_server::Scope::parse)]
         scope: kiln_server::Scope,
         /// The node's data folder. Default: KILN_DATA_DIR, else the config's data_dir, else

@@ -53,7 +53,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     async_runtime()?.block_on(serve(config, store, models_dir, data_dir))
 }
 
-/// The data folder after the flag, environment and config file, created if missing.
+/// Returns the data folder after the flag, environment and config file, created if missing.
 pub(crate) fn data_dir(flag: Option<PathBuf>, config: &NodeConfig) -> anyhow::Result<PathBuf> {
     let data_dir = match flag {
         Some(dir) => dir,

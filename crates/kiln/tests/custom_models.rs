@@ -167,9 +167,9 @@ fn upload_over_admin_api_installs_model() {
         ])
     };
 
-    let refused = upload(&kv_token, "@custom/uploaded");
-    assert!(!refused.status.success());
-    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let rejected = upload(&kv_token, "@custom/uploaded");
+    assert!(!rejected.status.success());
+    let stderr = String::from_utf8_lossy(&rejected.stderr);
     assert!(stderr.contains("403"), "{stderr}");
 
     let uploaded = upload(&models_token, "@custom/uploaded");
@@ -189,7 +189,8 @@ fn upload_over_admin_api_installs_model() {
     let again = upload(&models_token, "@custom/uploaded");
     assert!(!again.status.success());
     let stderr = String::from_utf8_lossy(&again.stderr);
-    assert!(stderr.contains("409") && stderr.contains("already exists"), "{stderr}");
+    assert!(stderr.contains("409"), "{stderr}");
+    assert!(stderr.contains("already exists"), "{stderr}");
     let staged = std::fs::read_dir(data.join("uploads")).expect("staging folder").count();
     assert_eq!(staged, 0, "staging files were left behind");
 }

@@ -1907,7 +1907,7 @@ export default function installPrelude(native) {
     }
   }
 
-  // Reads a numeric option. A numeric string counts as its number; any other value that is not
+  // Reads a numeric option. A numeric string counts as its number. Any other value that is not
   // a finite number is a TypeError, so a bad option never passes silently as "unset".
   function kvNumber(name, value) {
     if (value === undefined || value === null) return undefined;
@@ -1949,7 +1949,8 @@ export default function installPrelude(native) {
         const result = new Map();
         key.forEach((name, index) => {
           const entry = values[index];
-          const value = entry === null ? null : type === "json" ? JSON.parse(entry.text) : entry.text;
+          let value = null;
+          if (entry !== null) value = type === "json" ? JSON.parse(entry.text) : entry.text;
           const metadata = entry?.metadata ?? null;
           result.set(String(name), withMetadata ? { value, metadata, cacheStatus: null } : value);
         });
