@@ -139,29 +139,14 @@ fn upload_over_admin_api_installs_model() {
     let models = home.path().join("models");
     let data = home.path().join("data");
     std::fs::create_dir_all(&models).expect("models dir");
-    let kiln = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .args(args)
-            .env_remove("KILN_NODE")
-            .env_remove("KILN_TOKEN")
-            .output()
-            .expect("run the kiln binary")
-    };
-    let data_arg = data.to_str().expect("UTF-8 path");
-    let token_for = |scope: &str| {
-        let output = kiln(&["tokens", "create", "--scope", scope, "--data-dir", data_arg]);
-        assert!(output.status.success(), "{output:?}");
-        let stdout = String::from_utf8(output.stdout).expect("UTF-8");
-        stdout.lines().last().expect("token line").to_owned()
-    };
-    let models_token = token_for("models");
-    let kv_token = token_for("kv");
+    let models_token = common::create_token(&data, "models");
+    let kv_token = common::create_token(&data, "kv");
     let node = Node::start_at(&models, "", home.path());
 
     let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/custom/home-value.onnx");
     let file = file.to_str().expect("UTF-8 path");
     let upload = |token: &str, id: &str| {
-        kiln(&[
+        common::kiln(&[
             "models", "upload", file, "--id", id, "--task", "custom", "--node", &node.base,
             "--token", token,
         ])

@@ -6,43 +6,14 @@
 mod common;
 mod dev_node;
 
-use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::Node;
+use common::{create_token, kiln, kiln_ok, Node};
 use dev_node::{worker_dir, DevNode};
 use kiln_kv::test_support::RedisServer;
 use serde_json::{json, Value};
-
-fn kiln(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .env_remove("KILN_NODE")
-        .env_remove("KILN_TOKEN")
-        .env_remove("KILN_DATA_DIR")
-        .output()
-        .expect("run the kiln binary")
-}
-
-/// Runs `kiln ARGS` and returns its standard output; panics with stderr on failure.
-fn kiln_ok(args: &[&str]) -> String {
-    let output = kiln(args);
-    assert!(
-        output.status.success(),
-        "kiln {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("UTF-8 output")
-}
-
-fn create_token(data_dir: &Path, scope: &str) -> String {
-    let data_dir = data_dir.to_str().expect("UTF-8 path");
-    let output = kiln_ok(&["tokens", "create", "--scope", scope, "--data-dir", data_dir]);
-    output.lines().last().expect("a token line").trim().to_owned()
-}
 
 fn now() -> i64 {
     SystemTime::now()

@@ -62,6 +62,36 @@ pub fn listed_models(models_dir: &Path) -> Vec<serde_json::Value> {
     serde_json::from_slice(&output.stdout).expect("list --json prints a JSON array")
 }
 
+/// Runs `kiln ARGS` without the environment variables that pick a node or a data folder, so a
+/// test's flags alone decide where the command goes.
+pub fn kiln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .env_remove("KILN_NODE")
+        .env_remove("KILN_TOKEN")
+        .env_remove("KILN_DATA_DIR")
+        .output()
+        .expect("run the kiln binary")
+}
+
+/// Runs `kiln ARGS` and returns its standard output; panics with stderr on failure.
+pub fn kiln_ok(args: &[&str]) -> String {
+    let output = kiln(args);
+    assert!(
+        output.status.success(),
+        "kiln {args:?} failed: {}",
+        stderr(&output)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
+/// Creates an admin token of `scope` in `data_dir` and returns it.
+pub fn create_token(data_dir: &Path, scope: &str) -> String {
+    let data_dir = data_dir.to_str().expect("UTF-8 path");
+    let output = kiln_ok(&["tokens", "create", "--scope", scope, "--data-dir", data_dir]);
+    output.lines().last().expect("a token line").trim().to_owned()
+}
+
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
