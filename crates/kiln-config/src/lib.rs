@@ -222,7 +222,7 @@ pub struct BatchingSettings {
     pub max_batch_size: usize,
     /// Maximum tokens (before padding) in one forward pass of a text model.
     pub max_batch_tokens: usize,
-    /// How long, in milliseconds, a model waits for more requests before it runs a batch. With
+    /// Time, in milliseconds, that a model waits for more requests before it runs a batch. With
     /// 0 a batch starts as soon as the model is free and takes every request queued by then.
     pub max_wait_ms: u64,
     /// Requests that may wait per model; more get 429 with Retry-After.
