@@ -128,8 +128,22 @@ pub struct WorkerSettings {
     pub country_header: Option<String>,
     /// JavaScript CPU time per request, in milliseconds, for workers whose `[limits]` set none.
     pub cpu_ms: u64,
+    /// Time from a request's arrival to its response head, in milliseconds, for workers whose
+    /// `[limits]` set none.
+    pub wall_ms: u64,
     /// Memory of one isolate's JavaScript heap, in MiB.
     pub memory_mib: u64,
+    /// Maximum number of isolates per worker. Unset: the number of CPU cores, at most 4.
+    pub isolates: Option<usize>,
+}
+
+impl WorkerSettings {
+    /// Returns the pool size of each worker: `isolates`, else the number of cores up to 4.
+    pub fn max_isolates(&self) -> usize {
+        self.isolates.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |cores| cores.get().min(4))
+        })
+    }
 }
 
 impl Default for WorkerSettings {
@@ -138,7 +152,9 @@ impl Default for WorkerSettings {
             colo: "KLN".into(),
             country_header: None,
             cpu_ms: 30_000,
+            wall_ms: 300_000,
             memory_mib: 128,
+            isolates: None,
         }
     }
 }

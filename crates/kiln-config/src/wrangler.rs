@@ -69,6 +69,9 @@ pub struct AiBindingConfig {
 pub struct WorkerLimits {
     /// CPU time per request, in milliseconds. Default: the node's (30 000).
     pub cpu_ms: Option<u64>,
+    /// Time from a request's arrival to its response head, in milliseconds (a Kiln key that
+    /// Wrangler ignores). Default: the node's (300 000).
+    pub wall_ms: Option<u64>,
     /// Outbound requests and binding calls per request. Read but not enforced yet.
     pub subrequests: Option<u32>,
 }

@@ -24,6 +24,7 @@ pub use error::KvError;
 pub use kv::{Kv, Namespace};
 pub use types::{BackendConfig, Entry, ListKey, ListOptions, ListPage, PutOptions};
 pub use validate::{
-    is_reserved_namespace, RESERVED_NAMESPACE_PREFIX, MAX_BULK_GET_KEYS, MAX_KEY_BYTES, MAX_LIST_LIMIT, MAX_METADATA_BYTES, MAX_NAMESPACE_ID_BYTES,
-    MAX_VALUE_BYTES, MIN_CACHE_TTL, MIN_EXPIRATION_TTL,
+    is_reserved_namespace, MAX_BULK_GET_KEYS, MAX_KEY_BYTES, MAX_LIST_LIMIT, MAX_METADATA_BYTES,
+    MAX_NAMESPACE_ID_BYTES, MAX_VALUE_BYTES, MIN_CACHE_TTL, MIN_EXPIRATION_TTL,
+    RESERVED_NAMESPACE_PREFIX,
 };

@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -53,6 +53,12 @@ pub(crate) struct HostState {
     pub timer_owner: HashMap<u64, (Instant, Option<u64>)>,
     /// AI and KV calls in flight → the request that made them.
     pub call_owner: HashMap<u64, Option<u64>>,
+    /// Tasks of the AI calls in flight, aborted when their request is canceled.
+    pub call_tasks: HashMap<u64, tokio::task::AbortHandle>,
+    /// Wall-time deadlines of the requests waiting for their response head, in order, and by
+    /// request.
+    wall_deadlines: BTreeSet<(Instant, u64)>,
+    wall_deadline_of: HashMap<u64, Instant>,
     /// KV namespaces by binding name.
     pub kv: HashMap<String, kiln_kv::Namespace>,
     /// KV operations made so far by each request still in flight.
@@ -86,6 +92,9 @@ impl HostState {
             timers: BinaryHeap::new(),
             timer_owner: HashMap::new(),
             call_owner: HashMap::new(),
+            call_tasks: HashMap::new(),
+            wall_deadlines: BTreeSet::new(),
+            wall_deadline_of: HashMap::new(),
             kv,
             kv_calls: HashMap::new(),
             streams: HashMap::new(),
@@ -119,17 +128,80 @@ impl HostState {
         None
     }
 
-    /// Returns the earliest live timer deadline.
+    /// Returns the earliest live timer or wall-time deadline.
     pub fn next_deadline(&mut self) -> Option<Instant> {
+        let wall = self.wall_deadlines.first().map(|(deadline, _)| *deadline);
         while let Some(Reverse((deadline, id))) = self.timers.peek().copied() {
             match self.timer_owner.get(&id) {
-                Some(&(armed, _)) if armed == deadline => return Some(deadline),
+                Some(&(armed, _)) if armed == deadline => {
+                    return Some(wall.map_or(deadline, |wall| wall.min(deadline)))
+                }
                 _ => {
                     self.timers.pop();
                 }
             }
         }
-        None
+        wall
+    }
+
+    pub fn arm_wall_deadline(&mut self, request: u64, deadline: Instant) {
+        self.wall_deadlines.insert((deadline, request));
+        self.wall_deadline_of.insert(request, deadline);
+    }
+
+    /// Removes a request's wall-time deadline once its response head is sent.
+    pub fn disarm_wall_deadline(&mut self, request: u64) {
+        if let Some(deadline) = self.wall_deadline_of.remove(&request) {
+            self.wall_deadlines.remove(&(deadline, request));
+        }
+    }
+
+    /// Removes and returns a request whose wall-time deadline has passed.
+    pub fn pop_expired_request(&mut self, now: Instant) -> Option<u64> {
+        let &(deadline, request) = self.wall_deadlines.first()?;
+        if deadline > now {
+            return None;
+        }
+        self.disarm_wall_deadline(request);
+        Some(request)
+    }
+
+    /// Stops a request: sends `error` as its result (nothing when the client went away), clears
+    /// its timers, aborts its model calls and streams, and drops the results of its KV calls.
+    pub fn cancel(&mut self, request: u64, error: Option<WorkerError>) {
+        match (self.replies.remove(&request), error) {
+            (Some(Reply::Waiting(sender)), Some(error)) => {
+                let _ = sender.send(Err(error));
+            }
+            (Some(Reply::Streaming(sender)), Some(error)) => {
+                let _ = sender.send(Err(error.to_string()));
+            }
+            _ => {}
+        }
+        let owned = Some(request);
+        self.timer_owner.retain(|_, (_, owner)| *owner != owned);
+        let calls: Vec<u64> = self
+            .call_owner
+            .iter()
+            .filter(|(_, owner)| **owner == owned)
+            .map(|(call, _)| *call)
+            .collect();
+        for call in calls {
+            self.call_owner.remove(&call);
+            if let Some(task) = self.call_tasks.remove(&call) {
+                task.abort();
+            }
+        }
+        self.streams.retain(|_, stream| {
+            let keep = stream.owner != owned;
+            if !keep {
+                stream.task.abort();
+            }
+            keep
+        });
+        self.kv_calls.remove(&request);
+        self.request_ids.remove(&request);
+        self.disarm_wall_deadline(request);
     }
 
     /// Owner of a forwarded stream's events.
@@ -195,6 +267,9 @@ impl HostState {
         }
         for (_, stream) in self.streams.drain() {
             stream.task.abort();
+        }
+        for (_, task) in self.call_tasks.drain() {
+            task.abort();
         }
     }
 }
@@ -464,7 +539,7 @@ fn install_ai<'js>(
                     return;
                 };
                 let run = ai.run(model, inputs, options);
-                state.services.tokio.spawn(async move {
+                let task = state.services.tokio.spawn(async move {
                     let result = run.await;
                     let _ = events.send(Event::AiDone {
                         generation,
@@ -472,6 +547,7 @@ fn install_ai<'js>(
                         result,
                     });
                 });
+                state.call_tasks.insert(call, task.abort_handle());
             },
         )?,
     )?;

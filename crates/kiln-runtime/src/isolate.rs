@@ -33,8 +33,14 @@ const PRELUDE: &str = include_str!("js/prelude.js");
 /// Messages to an isolate thread.
 pub(crate) enum Event {
     Fetch {
+        /// The request's key, unique across the worker's isolates.
+        number: u64,
         request: WorkerRequest,
         reply: oneshot::Sender<Result<WorkerResponse, WorkerError>>,
+    },
+    /// The client went away before the response head: stop the request's work.
+    Cancel {
+        number: u64,
     },
     AiDone {
         generation: u64,
@@ -177,7 +183,15 @@ struct Isolate {
     budget: Rc<CpuBudget>,
     cpu_used: HashMap<u64, Duration>,
     limits: Limits,
-    next_request: u64,
+    /// Promises rejected without a handler during the current turn.
+    rejections: Rc<RefCell<Vec<Rejection>>>,
+}
+
+/// A promise rejected while nothing handled it.
+struct Rejection {
+    promise: Persistent<Value<'static>>,
+    /// `Name: message` and stack of the reason.
+    reason: String,
 }
 
 impl Isolate {
@@ -205,6 +219,13 @@ impl Isolate {
         let budget = Rc::new(CpuBudget::default());
         let handler_budget = Rc::clone(&budget);
         runtime.set_interrupt_handler(Some(Box::new(move || handler_budget.interrupt())));
+        let rejections: Rc<RefCell<Vec<Rejection>>> = Rc::default();
+        let tracked = Rc::clone(&rejections);
+        runtime.set_host_promise_rejection_tracker(Some(Box::new(
+            move |ctx, promise, reason, is_handled| {
+                track_rejection(&ctx, &tracked, promise, reason, is_handled);
+            },
+        )));
         let source_maps = SourceMaps::default();
         runtime.set_loader(
             WorkerResolver::new(&spec.root),
@@ -233,7 +254,7 @@ impl Isolate {
             )));
         }
 
-        Ok(Isolate {
+        let mut isolate = Isolate {
             host: host?,
             context,
             runtime,
@@ -241,8 +262,11 @@ impl Isolate {
             budget,
             cpu_used: HashMap::new(),
             limits: spec.limits,
-            next_request: 1,
-        })
+            rejections,
+        };
+        // Rejections left by the modules' top level are logged; no request owns them.
+        isolate.report_rejections(None);
+        Ok(isolate)
     }
 
     /// Serves events until shutdown or until a request breaks a limit.
@@ -277,6 +301,7 @@ impl Isolate {
                 }
             }
 
+            self.expire_wall_deadlines();
             loop {
                 let due = self.state.borrow_mut().pop_due_timer(Instant::now());
                 let Some((timer, owner)) = due else { break };
@@ -293,7 +318,27 @@ impl Isolate {
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Fetch { request, reply } => self.handle_fetch(request, reply),
+            Event::Fetch {
+                number,
+                request,
+                reply,
+            } => self.handle_fetch(number, request, reply),
+            Event::Cancel { number } => {
+                let waiting = matches!(
+                    self.state.borrow().replies.get(&number),
+                    Some(Reply::Waiting(_))
+                );
+                if waiting {
+                    let mut state = self.state.borrow_mut();
+                    tracing::info!(
+                        worker = %state.worker,
+                        request_id = %state.request_id(Some(number)),
+                        outcome = "canceled",
+                        "the client went away; request canceled"
+                    );
+                    state.cancel(number, None);
+                }
+            }
             Event::AiDone {
                 generation,
                 call,
@@ -365,27 +410,29 @@ impl Isolate {
     }
 
     /// Removes a finished AI or KV call and returns the request that made it, which is `None`
-    /// outside a request. Returns `None` instead when the call comes from a discarded isolate
-    /// (an older generation), whose results are dropped.
+    /// outside a request. Returns `None` instead when the result is to be dropped: the call
+    /// comes from a discarded isolate (an older generation) or its request was canceled.
     fn finish_call(&self, generation: u64, call: u64) -> Option<Option<u64>> {
         let mut state = self.state.borrow_mut();
         if generation != state.generation {
             return None;
         }
-        Some(state.call_owner.remove(&call).flatten())
+        state.call_tasks.remove(&call);
+        state.call_owner.remove(&call)
     }
 
     fn handle_fetch(
         &mut self,
+        number: u64,
         request: WorkerRequest,
         reply: oneshot::Sender<Result<WorkerResponse, WorkerError>>,
     ) {
-        let number = self.next_request;
-        self.next_request += 1;
         {
             let mut state = self.state.borrow_mut();
             state.request_ids.insert(number, request.id.clone());
             state.replies.insert(number, Reply::Waiting(reply));
+            let deadline = Instant::now() + Duration::from_millis(self.limits.wall_ms);
+            state.arm_wall_deadline(number, deadline);
         }
         let headers: Vec<String> = request
             .headers
@@ -460,12 +507,16 @@ impl Isolate {
                 }
             }
         });
+        self.report_rejections(owner);
 
         let spent = thread_cpu_time().saturating_sub(started);
         self.budget.deadline.set(None);
         let mut state = self.state.borrow_mut();
         state.current = None;
         if let Some(number) = owner {
+            if !matches!(state.replies.get(&number), Some(Reply::Waiting(_))) {
+                state.disarm_wall_deadline(number);
+            }
             if state.replies.contains_key(&number) {
                 *self.cpu_used.entry(number).or_default() += spent;
             } else {
@@ -496,6 +547,7 @@ impl Isolate {
         let mut state = self.state.borrow_mut();
         let value = match limit {
             Limit::Cpu => format!("{} ms", self.limits.cpu_ms),
+            Limit::Wall => format!("{} ms", self.limits.wall_ms),
             Limit::Memory => format!("{} bytes", self.limits.memory_bytes),
             Limit::Stack => format!("{} bytes", self.limits.stack_bytes),
         };
@@ -517,6 +569,57 @@ impl Isolate {
         true
     }
 
+    /// Fails `owner` for each promise that the turn left rejected without a handler, as an
+    /// uncaught exception would. After the response, the rejection is only logged.
+    fn report_rejections(&mut self, owner: Option<u64>) {
+        let rejections = std::mem::take(&mut *self.rejections.borrow_mut());
+        if rejections.is_empty() || self.budget.exceeded.get() {
+            return;
+        }
+        let mut state = self.state.borrow_mut();
+        for rejection in rejections {
+            let reason = state.source_maps.remap(&rejection.reason);
+            let (first, stack) = reason.split_once('\n').unwrap_or((&reason, ""));
+            let message = format!("Uncaught (in promise) {first}");
+            tracing::error!(
+                worker = %state.worker,
+                request_id = %state.request_id(owner),
+                outcome = "exception",
+                error = %message,
+                stack = %stack,
+                "unhandled promise rejection"
+            );
+            if let Some(number) = owner.filter(|number| state.replies.contains_key(number)) {
+                let error = WorkerError::Exception {
+                    message,
+                    stack: stack.to_owned(),
+                    status: 500,
+                };
+                state.cancel(number, Some(error));
+            }
+            drop(rejection.promise);
+        }
+    }
+
+    /// Fails each request still waiting for its response head past its wall-time deadline.
+    fn expire_wall_deadlines(&mut self) {
+        let now = Instant::now();
+        let mut state = self.state.borrow_mut();
+        while let Some(number) = state.pop_expired_request(now) {
+            if !matches!(state.replies.get(&number), Some(Reply::Waiting(_))) {
+                continue;
+            }
+            tracing::error!(
+                worker = %state.worker,
+                request_id = %state.request_id(Some(number)),
+                limit = Limit::Wall.name(),
+                limit_value = %format!("{} ms", self.limits.wall_ms),
+                "request exceeded the worker's wall_ms limit; request canceled"
+            );
+            state.cancel(number, Some(WorkerError::LimitExceeded(Limit::Wall)));
+        }
+    }
+
     fn last_owner(&self) -> Option<u64> {
         self.state.borrow().last_owner
     }
@@ -532,8 +635,35 @@ impl Isolate {
     }
 }
 
-/// Evaluates the prelude and the worker's main module, and hands the module's exports to the
-/// prelude. Returns the prelude's host entry points.
+/// Records a promise rejected with no handler, or removes it from the record when a handler
+/// is attached later in the same turn.
+fn track_rejection<'js>(
+    ctx: &Ctx<'js>,
+    rejections: &RefCell<Vec<Rejection>>,
+    promise: Value<'js>,
+    reason: Value<'js>,
+    is_handled: bool,
+) {
+    let Ok(mut rejections) = rejections.try_borrow_mut() else {
+        return;
+    };
+    if is_handled {
+        rejections.retain(|rejection| {
+            rejection
+                .promise
+                .clone()
+                .restore(ctx)
+                .map_or(true, |known| known != promise)
+        });
+        return;
+    }
+    let reason = describe_value(&reason);
+    rejections.push(Rejection {
+        promise: Persistent::save(ctx, promise),
+        reason,
+    });
+}
+
 /// Returns the worker's KV namespaces by binding name. Without a store on the node, the map is
 /// empty and calls fail with a clear error instead.
 fn kv_namespaces(spec: &WorkerSpec, services: &Services) -> HashMap<String, kiln_kv::Namespace> {
@@ -546,6 +676,8 @@ fn kv_namespaces(spec: &WorkerSpec, services: &Services) -> HashMap<String, kiln
         .collect()
 }
 
+/// Evaluates the prelude and the worker's main module, and hands the module's exports to the
+/// prelude. Returns the prelude's host entry points.
 fn load_worker(
     ctx: &Ctx<'_>,
     spec: &WorkerSpec,
@@ -614,7 +746,11 @@ pub(crate) fn describe_error(ctx: &Ctx<'_>, error: rquickjs::Error) -> String {
     if !matches!(error, rquickjs::Error::Exception) {
         return error.to_string();
     }
-    let value = ctx.catch();
+    describe_value(&ctx.catch())
+}
+
+/// Describes a thrown value: for an `Error`, `Name: message` and the stack.
+fn describe_value(value: &Value<'_>) -> String {
     if let Some(exception) = value.as_exception() {
         let name: String = exception
             .get::<_, Option<String>>("name")

@@ -1,7 +1,9 @@
-//! A running worker: one isolate on its own thread, and the handle that sends it requests.
+//! A running worker: a small pool of isolates, each on its own thread, and the handle that
+//! sends them requests.
 
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -26,6 +28,9 @@ pub struct WorkerSpec {
     /// KV bindings: `env` property → namespace id.
     pub kv_namespaces: Vec<(String, String)>,
     pub limits: Limits,
+    /// Maximum number of isolates that serve this worker at once. A request goes to an idle
+    /// isolate, and when none is idle the pool grows up to this size before requests share one.
+    pub max_isolates: usize,
 }
 
 /// Resource limits of one worker's isolates.
@@ -34,6 +39,8 @@ pub struct Limits {
     /// JavaScript CPU time per request, in milliseconds. Time spent waiting for a model, a
     /// timer or a stream does not count.
     pub cpu_ms: u64,
+    /// Time from a request's arrival to its response head, in milliseconds, waiting included.
+    pub wall_ms: u64,
     /// Memory of one isolate's JavaScript heap, in bytes.
     pub memory_bytes: usize,
     /// Native stack that JavaScript may use, in bytes; deeper recursion throws a `RangeError`.
@@ -41,10 +48,12 @@ pub struct Limits {
 }
 
 impl Default for Limits {
-    /// Returns the hosted platform's defaults: 30 s of CPU per request and 128 MB per isolate.
+    /// Returns the hosted platform's defaults, 30 s of CPU per request and 128 MB per isolate,
+    /// and five minutes of wall time.
     fn default() -> Self {
         Self {
             cpu_ms: 30_000,
+            wall_ms: 300_000,
             memory_bytes: 128 * 1024 * 1024,
             stack_bytes: 1024 * 1024,
         }
@@ -55,6 +64,7 @@ impl Default for Limits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
     Cpu,
+    Wall,
     Memory,
     Stack,
 }
@@ -65,6 +75,7 @@ impl Limit {
     pub fn name(self) -> &'static str {
         match self {
             Limit::Cpu => "cpu_ms",
+            Limit::Wall => "wall_ms",
             Limit::Memory => "memory",
             Limit::Stack => "stack",
         }
@@ -126,7 +137,7 @@ pub enum WorkerError {
         /// be reached), else 500.
         status: u16,
     },
-    #[error("the worker exceeded its {0} limit; its isolate was discarded")]
+    #[error("the worker exceeded its {0} limit")]
     LimitExceeded(Limit),
     #[error("the worker's isolate was discarded because another request exceeded the {0} limit")]
     Discarded(Limit),
@@ -151,7 +162,7 @@ impl WorkerError {
 #[error("{0}")]
 pub struct StartError(pub String);
 
-/// Handle to a running worker. Cloning is cheap; the isolate thread stops when the last clone
+/// Handle to a running worker. Cloning is cheap; the isolate threads stop when the last clone
 /// is dropped.
 #[derive(Clone)]
 pub struct Worker {
@@ -159,37 +170,45 @@ pub struct Worker {
 }
 
 struct WorkerInner {
-    name: String,
-    events: Mutex<mpsc::Sender<Event>>,
+    spec: WorkerSpec,
+    services: Services,
+    isolates: RwLock<Vec<Arc<IsolateHandle>>>,
+    /// Held while the pool grows, so that only one new isolate starts at a time.
+    growing: Mutex<()>,
+    /// Numbers requests across the pool; the isolates use it as the request's key.
+    next_request: AtomicU64,
 }
 
-impl Drop for WorkerInner {
+/// One isolate thread of the pool.
+struct IsolateHandle {
+    events: mpsc::Sender<Event>,
+    /// Requests sent to this isolate whose response head has not arrived yet.
+    in_flight: AtomicUsize,
+}
+
+impl Drop for IsolateHandle {
     fn drop(&mut self) {
-        if let Ok(events) = self.events.lock() {
-            let _ = events.send(Event::Shutdown);
-        }
+        let _ = self.events.send(Event::Shutdown);
     }
 }
 
-impl Worker {
-    /// Starts the worker's isolate thread and waits until its modules have loaded. Blocks the
-    /// calling thread while the modules compile: call it from a blocking context.
-    pub fn start(spec: WorkerSpec, services: Services) -> Result<Worker, StartError> {
+impl IsolateHandle {
+    /// Starts an isolate thread and waits until the worker's modules have loaded in it.
+    fn start(spec: &WorkerSpec, services: &Services) -> Result<IsolateHandle, StartError> {
         let (events, receiver) = mpsc::channel();
         let (ready, started) = mpsc::channel();
-        let name = spec.name.clone();
         let sender = events.clone();
+        let thread_spec = spec.clone();
+        let services = services.clone();
         std::thread::Builder::new()
             .name(format!("isolate-{}", spec.name))
             .stack_size(isolate::thread_stack_bytes(&spec.limits))
-            .spawn(move || isolate::run_thread(spec, services, sender, receiver, ready))
+            .spawn(move || isolate::run_thread(thread_spec, services, sender, receiver, ready))
             .map_err(|err| StartError(format!("failed to start the isolate thread: {err}")))?;
         match started.recv() {
-            Ok(Ok(())) => Ok(Worker {
-                inner: Arc::new(WorkerInner {
-                    name,
-                    events: Mutex::new(events),
-                }),
+            Ok(Ok(())) => Ok(IsolateHandle {
+                events,
+                in_flight: AtomicUsize::new(0),
             }),
             Ok(Err(error)) => Err(error),
             Err(_) => Err(StartError(
@@ -198,26 +217,157 @@ impl Worker {
         }
     }
 
-    pub fn name(&self) -> &str {
-        &self.inner.name
+    /// Takes this isolate for a request if it has none in flight.
+    fn claim_if_idle(&self) -> bool {
+        self.in_flight
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+/// A request sent to an isolate. Dropping it before the response head arrives (the client went
+/// away) cancels the request in the isolate.
+struct InFlight {
+    isolate: Arc<IsolateHandle>,
+    number: u64,
+    answered: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.isolate.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if !self.answered {
+            let _ = self.isolate.events.send(Event::Cancel {
+                number: self.number,
+            });
+        }
+    }
+}
+
+impl Worker {
+    /// Starts the worker's first isolate and waits until its modules have loaded. Blocks the
+    /// calling thread while the modules compile: call it from a blocking context.
+    pub fn start(spec: WorkerSpec, services: Services) -> Result<Worker, StartError> {
+        let first = IsolateHandle::start(&spec, &services)?;
+        Ok(Worker {
+            inner: Arc::new(WorkerInner {
+                spec,
+                services,
+                isolates: RwLock::new(vec![Arc::new(first)]),
+                growing: Mutex::new(()),
+                next_request: AtomicU64::new(1),
+            }),
+        })
     }
 
-    /// Sends a request to the worker and waits for the response head.
+    pub fn name(&self) -> &str {
+        &self.inner.spec.name
+    }
+
+    /// Number of isolates in the pool now.
+    pub fn isolates(&self) -> usize {
+        self.inner.isolates.read().map_or(0, |pool| pool.len())
+    }
+
+    /// Sends a request to the worker and waits for the response head. Dropping the returned
+    /// future cancels the request: its timers, model calls and streams stop.
     pub async fn fetch(&self, request: WorkerRequest) -> Result<WorkerResponse, WorkerError> {
+        let isolate = self.claim_isolate().await;
         let (reply, response) = oneshot::channel();
-        let sent = match self.inner.events.lock() {
-            Ok(events) => events.send(Event::Fetch { request, reply }).is_ok(),
-            Err(_) => false,
+        let mut in_flight = InFlight {
+            number: self.inner.next_request.fetch_add(1, Ordering::Relaxed),
+            isolate,
+            answered: false,
         };
-        if !sent {
+        let event = Event::Fetch {
+            number: in_flight.number,
+            request,
+            reply,
+        };
+        if in_flight.isolate.events.send(event).is_err() {
+            in_flight.answered = true;
             return Err(WorkerError::Unavailable(
                 "the isolate thread has stopped".into(),
             ));
         }
-        response.await.unwrap_or_else(|_| {
+        let result = response.await.unwrap_or_else(|_| {
             Err(WorkerError::Unavailable(
                 "the isolate thread dropped the request".into(),
             ))
-        })
+        });
+        in_flight.answered = true;
+        result
+    }
+
+    /// Picks the isolate for a new request, counted as in flight on it: an idle one, else a new
+    /// one while the pool may grow, else the one with the fewest requests in flight.
+    async fn claim_isolate(&self) -> Arc<IsolateHandle> {
+        if let Some(isolate) = self.inner.claim_idle() {
+            return isolate;
+        }
+        if self.isolates() < self.inner.spec.max_isolates {
+            let inner = Arc::clone(&self.inner);
+            if let Ok(Some(isolate)) = tokio::task::spawn_blocking(move || inner.grow()).await {
+                return isolate;
+            }
+        }
+        self.inner.claim_least_loaded()
+    }
+}
+
+impl WorkerInner {
+    fn pool(&self) -> Vec<Arc<IsolateHandle>> {
+        self.isolates
+            .read()
+            .map(|pool| pool.clone())
+            .unwrap_or_default()
+    }
+
+    fn claim_idle(&self) -> Option<Arc<IsolateHandle>> {
+        self.pool()
+            .into_iter()
+            .find(|isolate| isolate.claim_if_idle())
+    }
+
+    fn claim_least_loaded(&self) -> Arc<IsolateHandle> {
+        let pool = self.pool();
+        let isolate = pool
+            .iter()
+            .min_by_key(|isolate| isolate.in_flight.load(Ordering::Acquire))
+            .expect("the pool contains its first isolate from the start");
+        isolate.in_flight.fetch_add(1, Ordering::AcqRel);
+        Arc::clone(isolate)
+    }
+
+    /// Adds an isolate to the pool and claims it, unless one became idle meanwhile (then that
+    /// one is claimed) or the pool is full (`None`).
+    fn grow(&self) -> Option<Arc<IsolateHandle>> {
+        let _growing = self.growing.lock().unwrap_or_else(|err| err.into_inner());
+        if let Some(isolate) = self.claim_idle() {
+            return Some(isolate);
+        }
+        if self.pool().len() >= self.spec.max_isolates {
+            return None;
+        }
+        let started = std::time::Instant::now();
+        match IsolateHandle::start(&self.spec, &self.services) {
+            Ok(isolate) => {
+                isolate.in_flight.store(1, Ordering::Release);
+                let isolate = Arc::new(isolate);
+                let mut pool = self.isolates.write().unwrap_or_else(|err| err.into_inner());
+                pool.push(Arc::clone(&isolate));
+                tracing::info!(
+                    worker = %self.spec.name,
+                    isolates = pool.len(),
+                    ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "isolate added to the pool"
+                );
+                Some(isolate)
+            }
+            Err(error) => {
+                tracing::error!(worker = %self.spec.name, error = %error, "failed to add an isolate");
+                None
+            }
+        }
     }
 }

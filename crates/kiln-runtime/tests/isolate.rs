@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use kiln_runtime::{Limit, Limits, WorkerError};
 use serde_json::json;
-use support::start;
+use support::{runtime, start, start_pool};
 
 const ECHO_WORKER: &str = r#"
 let served = 0;
@@ -285,6 +285,7 @@ fn timers_fire_in_order_and_clear() {
 fn tight_limits() -> Limits {
     Limits {
         cpu_ms: 200,
+        wall_ms: 2_000,
         memory_bytes: 32 * 1024 * 1024,
         stack_bytes: 256 * 1024,
     }
@@ -346,6 +347,158 @@ fn microtask_flood_hits_cpu_limit() {
 #[test]
 fn await_loop_hits_cpu_limit() {
     assert_limit_then_recovery("promises", Limit::Cpu);
+}
+
+#[test]
+fn hanging_request_hits_wall_limit() {
+    let worker = start(
+        &[(
+            "index.js",
+            r#"let served = 0;
+               export default { async fetch(request) {
+                 served += 1;
+                 if (new URL(request.url).pathname === "/hang") await new Promise(() => {});
+                 return new Response("ok " + served);
+               } };"#,
+        )],
+        Limits {
+            wall_ms: 300,
+            ..Limits::default()
+        },
+    )
+    .expect("worker starts");
+    assert_eq!(worker.get("/").body, "ok 1");
+    let error = worker
+        .request("GET", "/hang", &[], b"")
+        .err()
+        .expect("a request that never answers fails");
+    assert!(
+        matches!(error, WorkerError::LimitExceeded(Limit::Wall)),
+        "{error:?}"
+    );
+    assert_eq!(error.status(), 503);
+    // Only the request failed: the isolate and its globals stay.
+    assert_eq!(worker.get("/").body, "ok 3");
+}
+
+const REJECTING_WORKER: &str = r#"
+const pause = () => new Promise((resolve) => setTimeout(resolve, 20));
+export default {
+  async fetch(request) {
+    const mode = new URL(request.url).pathname;
+    if (mode === "/unhandled") {
+      Promise.reject(new TypeError("nobody listens"));
+      await pause();
+    }
+    if (mode === "/handled-later") {
+      const late = Promise.reject(new Error("caught"));
+      late.catch(() => {});
+      await pause();
+    }
+    return new Response("answered " + mode);
+  },
+};
+"#;
+
+#[test]
+fn unhandled_rejection_fails_the_request() {
+    let worker = start(&[("index.js", REJECTING_WORKER)], Limits::default()).expect("starts");
+    let error = worker
+        .request("GET", "/unhandled", &[], b"")
+        .err()
+        .expect("an unhandled rejection fails the request");
+    match &error {
+        WorkerError::Exception {
+            message, status, ..
+        } => {
+            assert_eq!(message, "Uncaught (in promise) TypeError: nobody listens");
+            assert_eq!(*status, 500);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(worker.get("/handled-later").body, "answered /handled-later");
+    assert_eq!(worker.get("/").body, "answered /");
+}
+
+#[test]
+fn canceled_request_stops_its_timers() {
+    let worker = start(
+        &[(
+            "index.js",
+            r#"let ticks = 0;
+               export default { async fetch(request) {
+                 if (new URL(request.url).pathname === "/tick") {
+                   setInterval(() => { ticks += 1; }, 5);
+                   await new Promise(() => {});
+                 }
+                 return new Response(String(ticks));
+               } };"#,
+        )],
+        Limits::default(),
+    )
+    .expect("worker starts");
+    let request = worker.request_for("/tick");
+    let abandoned = runtime().block_on(async {
+        tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            worker.worker.fetch(request),
+        )
+        .await
+    });
+    assert!(abandoned.is_err(), "the hanging request answered");
+    let first: u64 = worker.get("/").body.parse().expect("a count");
+    assert!(first > 0, "the interval never ran");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let second: u64 = worker.get("/").body.parse().expect("a count");
+    assert_eq!(
+        first, second,
+        "the canceled request's interval kept running"
+    );
+}
+
+const POOL_WORKER: &str = r#"
+const isolate = crypto.randomUUID();
+let served = 0;
+export default {
+  async fetch(request) {
+    served += 1;
+    const wait = Number(new URL(request.url).searchParams.get("wait") ?? 0);
+    if (wait) await new Promise((resolve) => setTimeout(resolve, wait));
+    return Response.json({ isolate, served });
+  },
+};
+"#;
+
+#[test]
+fn pool_grows_while_every_isolate_is_busy() {
+    let worker = start_pool(&[("index.js", POOL_WORKER)], Limits::default(), 2).expect("starts");
+    let first = worker.get("/").json();
+    let second = worker.get("/").json();
+    assert_eq!(
+        first["isolate"], second["isolate"],
+        "idle isolate not reused"
+    );
+    assert_eq!(second["served"], 2);
+    assert_eq!(worker.worker.isolates(), 1);
+
+    let slow = runtime().spawn({
+        let handle = worker.worker.clone();
+        let request = worker.request_for("/?wait=1000");
+        async move { handle.fetch(request).await.map(|response| response.status) }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let beside = worker.get("/").json();
+    assert_ne!(
+        beside["isolate"], first["isolate"],
+        "a busy isolate took the request"
+    );
+    assert_eq!(beside["served"], 1);
+    assert_eq!(worker.worker.isolates(), 2);
+    let status = runtime()
+        .block_on(slow)
+        .expect("task")
+        .expect("slow request");
+    assert_eq!(status, 200);
 }
 
 #[test]

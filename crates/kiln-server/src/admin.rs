@@ -109,10 +109,14 @@ pub(crate) fn authorize(
     let header = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
-    state.tokens.authorize(header, scope).map(drop).map_err(|refusal| {
-        tracing::warn!(reason = %refusal, scope = scope.as_str(), "admin request rejected");
-        AdminError::new(refusal.status(), refusal.to_string())
-    })
+    state
+        .tokens
+        .authorize(header, scope)
+        .map(drop)
+        .map_err(|refusal| {
+            tracing::warn!(reason = %refusal, scope = scope.as_str(), "admin request rejected");
+            AdminError::new(refusal.status(), refusal.to_string())
+        })
 }
 
 /// Checks the token like [`authorize`] and returns the node's KV store, refusing the node's
@@ -125,10 +129,15 @@ fn authorize_kv<'a>(
 ) -> Result<&'a Kv, AdminError> {
     authorize(state, headers, scope)?;
     if let Some(namespace) = namespace.filter(|id| is_reserved_namespace(id)) {
-        tracing::warn!(namespace, "admin request for a reserved KV namespace rejected");
+        tracing::warn!(
+            namespace,
+            "admin request for a reserved KV namespace rejected"
+        );
         return Err(AdminError::new(
             403,
-            format!("namespace ids starting with {RESERVED_NAMESPACE_PREFIX} are reserved for the node"),
+            format!(
+                "namespace ids starting with {RESERVED_NAMESPACE_PREFIX} are reserved for the node"
+            ),
         ));
     }
     state
@@ -203,7 +212,12 @@ async fn get_value(
         .namespace(&namespace)
         .get(&key, None)
         .await?
-        .ok_or_else(|| AdminError::new(404, format!("key {key:?} not found in namespace {namespace:?}")))?;
+        .ok_or_else(|| {
+            AdminError::new(
+                404,
+                format!("key {key:?} not found in namespace {namespace:?}"),
+            )
+        })?;
     let mut response = (
         [(header::CONTENT_TYPE, "application/octet-stream")],
         entry.value,
@@ -239,7 +253,10 @@ async fn put_value(
     let kv = authorize_kv(&state, &headers, Scope::Kv, Some(&namespace))?;
     let metadata = match &query.metadata {
         Some(text) => Some(serde_json::from_str(text).map_err(|error| {
-            AdminError::new(400, format!("the metadata parameter is not valid JSON: {error}"))
+            AdminError::new(
+                400,
+                format!("the metadata parameter is not valid JSON: {error}"),
+            )
         })?),
         None => None,
     };
@@ -288,7 +305,9 @@ impl BulkPair {
         let value = if self.base64 {
             base64::engine::general_purpose::STANDARD
                 .decode(&self.value)
-                .map_err(|error| format!("key {:?}: value is not valid base64: {error}", self.key))?
+                .map_err(|error| {
+                    format!("key {:?}: value is not valid base64: {error}", self.key)
+                })?
         } else {
             self.value.into_bytes()
         };
@@ -317,11 +336,15 @@ async fn bulk_put(
             format!("the body must be a JSON array of {{key, value, ...}} objects: {error}"),
         )
     })?;
-    let written = put_all(&kv.namespace(&namespace), pairs)
-        .await
-        .map_err(|(written, message)| {
-            AdminError::new(400, format!("{message} ({written} pairs before it were written)"))
-        })?;
+    let written =
+        put_all(&kv.namespace(&namespace), pairs)
+            .await
+            .map_err(|(written, message)| {
+                AdminError::new(
+                    400,
+                    format!("{message} ({written} pairs before it were written)"),
+                )
+            })?;
     Ok(success(json!({ "written": written })))
 }
 

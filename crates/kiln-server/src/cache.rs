@@ -150,7 +150,10 @@ mod tests {
             read(&[("cf-aig-cache-ttl", "120")]),
             CacheRequest::Use { ttl: 120 }
         );
-        assert_eq!(read(&[("cf-cache-ttl", "60")]), CacheRequest::Use { ttl: 60 });
+        assert_eq!(
+            read(&[("cf-cache-ttl", "60")]),
+            CacheRequest::Use { ttl: 60 }
+        );
         assert_eq!(
             read(&[("cf-aig-cache-ttl", "120"), ("cf-aig-skip-cache", "true")]),
             CacheRequest::Skip
@@ -164,7 +167,11 @@ mod tests {
             map.insert("cf-aig-cache-ttl", HeaderValue::from_str(ttl).unwrap());
             let error = CacheRequest::from_headers(&map).unwrap_err();
             assert_eq!(error.status(), 400);
-            assert!(error.message.contains("cf-aig-cache-ttl"), "{}", error.message);
+            assert!(
+                error.message.contains("cf-aig-cache-ttl"),
+                "{}",
+                error.message
+            );
             assert!(error.message.contains("60 to 2592000"), "{}", error.message);
         }
     }

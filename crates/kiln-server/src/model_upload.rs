@@ -91,7 +91,8 @@ pub async fn upload(
         .await
         .map_err(|error| AdminError::new(500, format!("the import task failed: {error}")))?;
     drop(staging);
-    let manifest = imported.map_err(|error| AdminError::new(import_status(&error), error.to_string()))?;
+    let manifest =
+        imported.map_err(|error| AdminError::new(import_status(&error), error.to_string()))?;
     tracing::info!(model = %id, bytes, task = %manifest.task, "model uploaded");
     Ok(success(json!(manifest)))
 }
@@ -114,7 +115,10 @@ async fn receive(body: Body, path: &FilePath) -> Result<u64, AdminError> {
     }
     file.flush().await.map_err(write_error)?;
     if size == 0 {
-        return Err(AdminError::new(400, "the upload is empty: send the model file as the body"));
+        return Err(AdminError::new(
+            400,
+            "the upload is empty: send the model file as the body",
+        ));
     }
     Ok(size)
 }

@@ -172,7 +172,9 @@ mod tests {
         assert!(store.authorize(Some(&bearer(&kv)), Scope::Kv).is_ok());
         assert!(store.authorize(Some(&bearer(&kv)), Scope::Read).is_ok());
         assert!(store.authorize(Some(&bearer(&read)), Scope::Read).is_ok());
-        assert!(store.authorize(Some(&format!("bearer {kv}")), Scope::Kv).is_ok());
+        assert!(store
+            .authorize(Some(&format!("bearer {kv}")), Scope::Kv)
+            .is_ok());
         let refusal = store
             .authorize(Some(&bearer(&read)), Scope::Kv)
             .unwrap_err();

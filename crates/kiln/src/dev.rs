@@ -184,9 +184,11 @@ impl Loader {
                 .collect(),
             limits: Limits {
                 cpu_ms: worker.limits.cpu_ms.unwrap_or(workers.cpu_ms),
+                wall_ms: worker.limits.wall_ms.unwrap_or(workers.wall_ms),
                 memory_bytes: (workers.memory_mib as usize).saturating_mul(1024 * 1024),
                 ..Limits::default()
             },
+            max_isolates: workers.max_isolates(),
         };
         Ok(Worker::start(spec, self.services.clone())?)
     }

@@ -126,7 +126,13 @@ pub struct Target {
     #[arg(long, env = "KILN_NODE", value_name = "URL")]
     node: Option<String>,
     /// Admin API token of the node (scope kv; read for reading).
-    #[arg(long, env = "KILN_TOKEN", value_name = "TOKEN", requires = "node", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "KILN_TOKEN",
+        value_name = "TOKEN",
+        requires = "node",
+        hide_env_values = true
+    )]
     token: Option<String>,
     /// Data folder of a stopped node. Default: KILN_DATA_DIR, else the config's data_dir, else
     /// $KILN_HOME/data.
@@ -170,7 +176,9 @@ async fn execute(command: KvCommand) -> anyhow::Result<()> {
                     kv.create_namespace(&id).await?;
                 }
                 Store::Remote(remote) => {
-                    remote.json(reqwest::Method::POST, &["namespaces", &id]).await?;
+                    remote
+                        .json(reqwest::Method::POST, &["namespaces", &id])
+                        .await?;
                 }
             }
             eprintln!("created namespace {id}");
@@ -179,7 +187,9 @@ async fn execute(command: KvCommand) -> anyhow::Result<()> {
             match open(target).await? {
                 Store::Local(kv) => kv.delete_namespace(&id).await?,
                 Store::Remote(remote) => {
-                    remote.json(reqwest::Method::DELETE, &["namespaces", &id]).await?;
+                    remote
+                        .json(reqwest::Method::DELETE, &["namespaces", &id])
+                        .await?;
                 }
             }
             eprintln!("deleted namespace {id}");
@@ -306,7 +316,9 @@ async fn key_command(command: KeyCommand) -> anyhow::Result<()> {
             let mut cursor = None;
             loop {
                 let page = match &store {
-                    Store::Local(kv) => list_local(&kv.namespace(&namespace.id), &prefix, cursor).await?,
+                    Store::Local(kv) => {
+                        list_local(&kv.namespace(&namespace.id), &prefix, cursor).await?
+                    }
                     Store::Remote(remote) => {
                         let mut query = Vec::new();
                         if let Some(prefix) = &prefix {
@@ -363,8 +375,8 @@ async fn open(target: Target) -> anyhow::Result<Store> {
         let Some(token) = target.token else {
             bail!("--node needs --token (or KILN_TOKEN): create one on the node with `kiln tokens create --scope kv`");
         };
-        let mut base = reqwest::Url::parse(&node)
-            .with_context(|| format!("invalid --node URL {node:?}"))?;
+        let mut base =
+            reqwest::Url::parse(&node).with_context(|| format!("invalid --node URL {node:?}"))?;
         base.path_segments_mut()
             .map_err(|()| anyhow::anyhow!("invalid --node URL {node:?}"))?
             .pop_if_empty()
@@ -377,7 +389,9 @@ async fn open(target: Target) -> anyhow::Result<Store> {
     }
     let config = target.paths.load_config()?;
     let data_dir = crate::serve::data_dir(target.data_dir, &config)?;
-    Ok(Store::Local(crate::serve::open_kv(&config, &data_dir).await?))
+    Ok(Store::Local(
+        crate::serve::open_kv(&config, &data_dir).await?,
+    ))
 }
 
 impl Remote {
@@ -396,8 +410,17 @@ impl Remote {
 
     /// Sends the request and returns the `result` of a successful response.
     async fn send_json(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-        let response = Self::check(request.send().await.context("the request to the node failed")?).await?;
-        let mut body: Value = response.json().await.context("the node sent invalid JSON")?;
+        let response = Self::check(
+            request
+                .send()
+                .await
+                .context("the request to the node failed")?,
+        )
+        .await?;
+        let mut body: Value = response
+            .json()
+            .await
+            .context("the node sent invalid JSON")?;
         Ok(body["result"].take())
     }
 

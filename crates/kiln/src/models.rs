@@ -258,14 +258,15 @@ fn upload(
     node: &str,
     token: &str,
 ) -> anyhow::Result<()> {
-    let file = std::fs::File::open(path)
-        .with_context(|| format!("failed to open {}", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("failed to open {}", path.display()))?;
     let size = file.metadata()?.len();
     let name = path
         .file_name()
         .and_then(|name| name.to_str())
         .context("the model file has no UTF-8 file name")?;
-    let mut url = reqwest::Url::parse(node).with_context(|| format!("invalid --node URL {node:?}"))?;
+    let mut url =
+        reqwest::Url::parse(node).with_context(|| format!("invalid --node URL {node:?}"))?;
     url.path_segments_mut()
         .map_err(|()| anyhow::anyhow!("invalid --node URL {node:?}"))?
         .pop_if_empty()
@@ -300,7 +301,9 @@ fn upload(
     let status = response.status();
     let answer: serde_json::Value = response.json().unwrap_or_default();
     if !status.is_success() {
-        let message = answer["errors"][0]["message"].as_str().unwrap_or("no error message");
+        let message = answer["errors"][0]["message"]
+            .as_str()
+            .unwrap_or("no error message");
         anyhow::bail!("the node returned {status}: {message}");
     }
     let manifest: Manifest = serde_json::from_value(answer["result"].clone())
@@ -308,4 +311,3 @@ fn upload(
     print_installed(&manifest);
     Ok(())
 }
-

@@ -143,7 +143,8 @@ fn upload_over_admin_api_installs_model() {
     let kv_token = common::create_token(&data, "kv");
     let node = Node::start_at(&models, "", home.path());
 
-    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/custom/home-value.onnx");
+    let file =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/custom/home-value.onnx");
     let file = file.to_str().expect("UTF-8 path");
     let upload = |token: &str, id: &str| {
         common::kiln(&[
@@ -176,7 +177,8 @@ fn upload_over_admin_api_installs_model() {
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(stderr.contains("409"), "{stderr}");
     assert!(stderr.contains("already exists"), "{stderr}");
-    let staged = std::fs::read_dir(data.join("uploads")).expect("staging folder").count();
+    let staged = std::fs::read_dir(data.join("uploads"))
+        .expect("staging folder")
+        .count();
     assert_eq!(staged, 0, "staging files were left behind");
 }
-

@@ -416,6 +416,68 @@ fn microtask_flood_fails_with_cpu_limit() {
     assert_limit("microtasks", "cpu_ms");
 }
 
+#[test]
+fn hanging_request_fails_with_wall_limit() {
+    let node = DevNode::start(&worker_dir("limits"), "");
+    let client = node.client();
+    let response = client.get(node.url("/?mode=hang")).send().expect("request");
+    assert_eq!(response.status(), 503);
+    let breach = node.wait_for_log("\"limit\":\"wall_ms\"", Duration::from_secs(30));
+    assert!(breach.contains("\"worker\":\"limits\""), "{breach}");
+    // Only that request failed; the isolate kept its state.
+    let after = client.get(node.url("/")).send().expect("request");
+    assert_eq!(after.text().expect("body"), "served 2");
+}
+
+#[test]
+fn unhandled_rejection_fails_the_request() {
+    let node = DevNode::start(&worker_dir("limits"), "");
+    let client = node.client();
+    let response = client
+        .get(node.url("/?mode=reject"))
+        .send()
+        .expect("request");
+    assert_eq!(response.status(), 500);
+    let text = response.text().expect("body");
+    assert!(
+        text.contains("Uncaught (in promise) RangeError: nobody handles this"),
+        "{text}"
+    );
+    let line = node.wait_for_log("unhandled promise rejection", Duration::from_secs(30));
+    assert!(line.contains("\"outcome\":\"exception\""), "{line}");
+    let after = client.get(node.url("/")).send().expect("request");
+    assert_eq!(after.status(), 200);
+}
+
+#[test]
+fn client_disconnect_cancels_the_request() {
+    let node = DevNode::start(&worker_dir("limits"), "");
+    let impatient = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .expect("client");
+    assert!(impatient.get(node.url("/?mode=tick")).send().is_err());
+    let line = node.wait_for_log("\"outcome\":\"canceled\"", Duration::from_secs(30));
+    assert!(line.contains("\"worker\":\"limits\""), "{line}");
+
+    let client = node.client();
+    let count = || -> u64 {
+        let response = client
+            .get(node.url("/?mode=ticks"))
+            .send()
+            .expect("request");
+        response.text().expect("body").parse().expect("a count")
+    };
+    let first = count();
+    assert!(first > 0, "the interval never ran");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        count(),
+        first,
+        "the canceled request's interval kept running"
+    );
+}
+
 /// Returns scikit-learn's prediction for `row` from the test rows that
 /// scripts/custom-models/train_home_value.py wrote beside the `@custom/home-value` model.
 fn home_value_prediction(row: &[f64]) -> f64 {

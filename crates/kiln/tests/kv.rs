@@ -74,7 +74,9 @@ fn binding_methods_follow_the_reference_semantics() {
     let huge = results["hugeTtl"]["error"].as_str().expect("error");
     assert!(huge.starts_with("TypeError: "), "{huge}");
     for case in ["badValue", "ttlText", "ttlNaN", "limitNaN"] {
-        let error = results[case]["error"].as_str().unwrap_or_else(|| panic!("{case}: {results}"));
+        let error = results[case]["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{case}: {results}"));
         assert!(error.starts_with("TypeError: "), "{case}: {error}");
     }
     let too_many = results["tooMany"]["error"].as_str().expect("error");
@@ -125,7 +127,10 @@ fn cached_worker_answers_from_kv_across_a_restart() {
     .expect("JSON list");
     let keys = keys.as_array().expect("array");
     assert_eq!(keys.len(), 1, "{keys:?}");
-    assert!(keys[0]["name"].as_str().expect("name").starts_with("answer:"));
+    assert!(keys[0]["name"]
+        .as_str()
+        .expect("name")
+        .starts_with("answer:"));
     let remaining = keys[0]["expiration"].as_i64().expect("expiration") - now();
     assert!((3500..=3600).contains(&remaining), "TTL left: {remaining}");
 
@@ -187,8 +192,23 @@ fn admin_api_checks_tokens_and_serves_the_cli() {
         all.extend(["--node", &node.base, "--token", &kv_token]);
         kiln_ok(&all)
     };
-    cli(&["kv", "key", "put", "greeting", "hello", "--namespace-id", "notes", "--metadata", r#"{"lang":"en"}"#, "--ttl", "600"]);
-    assert_eq!(cli(&["kv", "key", "get", "greeting", "--namespace-id", "notes"]), "hello");
+    cli(&[
+        "kv",
+        "key",
+        "put",
+        "greeting",
+        "hello",
+        "--namespace-id",
+        "notes",
+        "--metadata",
+        r#"{"lang":"en"}"#,
+        "--ttl",
+        "600",
+    ]);
+    assert_eq!(
+        cli(&["kv", "key", "get", "greeting", "--namespace-id", "notes"]),
+        "hello"
+    );
     let bulk = home.path().join("bulk.json");
     std::fs::write(
         &bulk,
@@ -199,7 +219,14 @@ fn admin_api_checks_tokens_and_serves_the_cli() {
         .to_string(),
     )
     .expect("write bulk file");
-    cli(&["kv", "bulk", "put", bulk.to_str().expect("UTF-8"), "--namespace-id", "notes"]);
+    cli(&[
+        "kv",
+        "bulk",
+        "put",
+        bulk.to_str().expect("UTF-8"),
+        "--namespace-id",
+        "notes",
+    ]);
     let keys: Value = serde_json::from_str(&cli(&["kv", "key", "list", "--namespace-id", "notes"]))
         .expect("JSON list");
     let names: Vec<&str> = keys
@@ -223,8 +250,19 @@ fn admin_api_checks_tokens_and_serves_the_cli() {
 
     // Store errors come back with the reference's status and text.
     let rejected = kiln(&[
-        "kv", "key", "put", "short", "x", "--namespace-id", "notes", "--ttl", "59", "--node",
-        &node.base, "--token", &kv_token,
+        "kv",
+        "key",
+        "put",
+        "short",
+        "x",
+        "--namespace-id",
+        "notes",
+        "--ttl",
+        "59",
+        "--node",
+        &node.base,
+        "--token",
+        &kv_token,
     ]);
     assert!(!rejected.status.success());
     let stderr = String::from_utf8_lossy(&rejected.stderr);
@@ -233,14 +271,25 @@ fn admin_api_checks_tokens_and_serves_the_cli() {
 
     cli(&["kv", "key", "delete", "greeting", "--namespace-id", "notes"]);
     let missing = kiln(&[
-        "kv", "key", "get", "greeting", "--namespace-id", "notes", "--node", &node.base,
-        "--token", &kv_token,
+        "kv",
+        "key",
+        "get",
+        "greeting",
+        "--namespace-id",
+        "notes",
+        "--node",
+        &node.base,
+        "--token",
+        &kv_token,
     ]);
     assert!(!missing.status.success());
     let namespaces: Value =
         serde_json::from_str(&cli(&["kv", "namespace", "list"])).expect("JSON list");
     assert!(
-        namespaces.as_array().expect("array").contains(&json!("notes")),
+        namespaces
+            .as_array()
+            .expect("array")
+            .contains(&json!("notes")),
         "{namespaces}"
     );
 }
@@ -325,7 +374,10 @@ fn acknowledged_puts_survive_sigkill() {
 #[test]
 fn redis_outage_fails_only_kv_calls() {
     let mut redis = RedisServer::start().expect("start redis-server");
-    let config = format!("[kv]\nbackend = \"redis\"\nredis_url = \"{}\"\n", redis.url());
+    let config = format!(
+        "[kv]\nbackend = \"redis\"\nredis_url = \"{}\"\n",
+        redis.url()
+    );
     let node = DevNode::start(&worker_dir("kv-outage"), &config);
     let client = node.client();
     let get = |path: &str| {
@@ -336,7 +388,10 @@ fn redis_outage_fails_only_kv_calls() {
 
     let (status, body) = get("/count");
     assert_eq!(status, 200, "{body}");
-    assert_eq!(serde_json::from_str::<Value>(&body).expect("JSON"), json!({"visits": 1}));
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("JSON"),
+        json!({"visits": 1})
+    );
 
     redis.stop();
     let (status, body) = get("/count");
@@ -352,7 +407,10 @@ fn redis_outage_fails_only_kv_calls() {
     let (status, body) = get("/count");
     assert_eq!(status, 200, "{body}");
     // Redis ran without persistence, so the count starts again.
-    assert_eq!(serde_json::from_str::<Value>(&body).expect("JSON"), json!({"visits": 1}));
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("JSON"),
+        json!({"visits": 1})
+    );
 }
 
 #[test]
@@ -371,7 +429,11 @@ fn gateway_cache_headers_store_and_bypass_results() {
             .headers()
             .get("cf-aig-cache-status")
             .map(|value| value.to_str().expect("ASCII").to_owned());
-        (response.status().as_u16(), status, response.text().expect("body"))
+        (
+            response.status().as_u16(),
+            status,
+            response.text().expect("body"),
+        )
     };
     let ttl = [("cf-aig-cache-ttl", "120")];
 
@@ -381,7 +443,11 @@ fn gateway_cache_headers_store_and_bypass_results() {
     assert_eq!(cache.as_deref(), Some("HIT"));
     assert_eq!(second, first);
     let (_, cache, _) = run(&ttl, "another sentence");
-    assert_eq!(cache.as_deref(), Some("MISS"), "a different input must miss");
+    assert_eq!(
+        cache.as_deref(),
+        Some("MISS"),
+        "a different input must miss"
+    );
     let (_, cache, _) = run(
         &[("cf-aig-cache-ttl", "120"), ("cf-aig-skip-cache", "true")],
         "a cached sentence",
@@ -401,9 +467,14 @@ fn gateway_cache_headers_store_and_bypass_results() {
         .send()
         .expect("node answers");
     assert_eq!(
-        response.headers()["cf-aig-cache-status"].to_str().expect("ASCII"),
+        response.headers()["cf-aig-cache-status"]
+            .to_str()
+            .expect("ASCII"),
         "HIT"
     );
     let envelope: Value = response.json().expect("JSON");
-    assert_eq!(envelope["result"], serde_json::from_str::<Value>(&first).expect("JSON"));
+    assert_eq!(
+        envelope["result"],
+        serde_json::from_str::<Value>(&first).expect("JSON")
+    );
 }

@@ -69,6 +69,15 @@ pub struct TestWorker {
 /// Writes `files` (path, contents) into a temporary folder and starts the worker whose main
 /// module is the first file.
 pub fn start(files: &[(&str, &str)], limits: Limits) -> Result<TestWorker, StartError> {
+    start_pool(files, limits, 1)
+}
+
+/// Like [`start`], with a pool of up to `max_isolates` isolates.
+pub fn start_pool(
+    files: &[(&str, &str)],
+    limits: Limits,
+    max_isolates: usize,
+) -> Result<TestWorker, StartError> {
     let dir = tempfile::tempdir().expect("temp dir");
     for (path, contents) in files {
         let path = dir.path().join(path);
@@ -84,6 +93,7 @@ pub fn start(files: &[(&str, &str)], limits: Limits) -> Result<TestWorker, Start
         ai_binding: Some("AI".into()),
         kv_namespaces: Vec::new(),
         limits,
+        max_isolates,
     };
     let services = Services {
         ai: Some(ai.clone()),
@@ -96,6 +106,20 @@ pub fn start(files: &[(&str, &str)], limits: Limits) -> Result<TestWorker, Start
         ai,
         _dir: dir,
     })
+}
+
+fn make_request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> WorkerRequest {
+    WorkerRequest {
+        id: uuid::Uuid::new_v4().to_string(),
+        method: method.into(),
+        url: format!("http://127.0.0.1:8787{path}"),
+        headers: headers
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect(),
+        body: Bytes::copy_from_slice(body),
+        cf: json!({"colo": "TST", "country": "NL"}),
+    }
 }
 
 pub fn runtime() -> &'static tokio::runtime::Runtime {
@@ -137,17 +161,7 @@ impl TestWorker {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<Reply, WorkerError> {
-        let request = WorkerRequest {
-            id: uuid::Uuid::new_v4().to_string(),
-            method: method.into(),
-            url: format!("http://127.0.0.1:8787{path}"),
-            headers: headers
-                .iter()
-                .map(|(name, value)| (name.to_string(), value.to_string()))
-                .collect(),
-            body: Bytes::copy_from_slice(body),
-            cf: json!({"colo": "TST", "country": "NL"}),
-        };
+        let request = make_request(method, path, headers, body);
         runtime().block_on(async {
             let response = self.worker.fetch(request).await?;
             let body = match response.body {
@@ -166,6 +180,11 @@ impl TestWorker {
                 body: String::from_utf8_lossy(&body).into_owned(),
             })
         })
+    }
+
+    /// Builds a GET request for `path`, for tests that drive `Worker::fetch` themselves.
+    pub fn request_for(&self, path: &str) -> WorkerRequest {
+        make_request("GET", path, &[], b"")
     }
 
     pub fn get(&self, path: &str) -> Reply {

@@ -89,7 +89,12 @@ pub fn kiln_ok(args: &[&str]) -> String {
 pub fn create_token(data_dir: &Path, scope: &str) -> String {
     let data_dir = data_dir.to_str().expect("UTF-8 path");
     let output = kiln_ok(&["tokens", "create", "--scope", scope, "--data-dir", data_dir]);
-    output.lines().last().expect("a token line").trim().to_owned()
+    output
+        .lines()
+        .last()
+        .expect("a token line")
+        .trim()
+        .to_owned()
 }
 
 pub fn stderr(output: &Output) -> String {

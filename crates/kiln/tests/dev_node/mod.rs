@@ -103,12 +103,13 @@ impl DevNode {
             .collect()
     }
 
-    /// Waits until the log contains `text`; panics with the log after `limit`.
-    pub fn wait_for_log(&self, text: &str, limit: Duration) {
+    /// Waits until a log line contains `text` and returns that line; panics with the log after
+    /// `limit`.
+    pub fn wait_for_log(&self, text: &str, limit: Duration) -> String {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            if self.log_text().contains(text) {
-                return;
+            if let Some(line) = self.log_text().lines().find(|line| line.contains(text)) {
+                return line.to_owned();
             }
             std::thread::sleep(Duration::from_millis(50));
         }

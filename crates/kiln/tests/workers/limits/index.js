@@ -1,6 +1,7 @@
 // Breaks one limit per `mode` query value. Without one, it returns the number of requests this
 // isolate has served, so a test can tell a rebuilt isolate from the old one.
 let served = 0;
+let ticks = 0;
 
 function recurse(depth) {
   return recurse(depth + 1) + 1;
@@ -24,6 +25,22 @@ export default {
       const storm = () => queueMicrotask(storm);
       storm();
       await new Promise(() => {});
+    }
+    if (mode === "hang") {
+      await new Promise(() => {});
+    }
+    if (mode === "reject") {
+      Promise.reject(new RangeError("nobody handles this"));
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    if (mode === "tick") {
+      setInterval(() => {
+        ticks += 1;
+      }, 5);
+      await new Promise(() => {});
+    }
+    if (mode === "ticks") {
+      return new Response(String(ticks));
     }
     return new Response(`served ${served}`);
   },
