@@ -7,7 +7,6 @@
 //! full, `submit` fails at once with an out-of-capacity error (HTTP 429).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,37 +51,15 @@ pub trait BatchRunner: Send + 'static {
     fn run(&mut self, items: Vec<Self::Item>) -> Result<Vec<Self::Output>, InferenceError>;
 }
 
-/// Counters of one worker, for the node's metrics.
-#[derive(Debug, Default)]
-pub struct BatchStats {
-    /// Forward passes run.
-    pub forward_passes: AtomicU64,
-    /// Items run, across all passes.
-    pub items: AtomicU64,
-    /// Requests rejected because the queue was full.
-    pub rejected: AtomicU64,
-    /// Number of passes by batch size: index `i` counts passes of `2^i` to `2^(i+1) - 1` items.
-    pub size_buckets: [AtomicU64; 12],
-}
-
-impl BatchStats {
-    fn record(&self, size: usize) {
-        self.forward_passes.fetch_add(1, Ordering::Relaxed);
-        self.items.fetch_add(size as u64, Ordering::Relaxed);
-        let bucket = (usize::BITS - 1 - size.max(1).leading_zeros()) as usize;
-        self.size_buckets[bucket.min(self.size_buckets.len() - 1)].fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 struct Job<R: BatchRunner> {
     items: Vec<R::Item>,
+    queued: Instant,
     reply: oneshot::Sender<Result<Vec<R::Output>, InferenceError>>,
 }
 
 /// The request side of a batch worker. Dropping every clone stops the worker thread.
 pub struct BatchHandle<R: BatchRunner> {
     queue: SyncSender<Job<R>>,
-    stats: Arc<BatchStats>,
     model: Arc<str>,
 }
 
@@ -90,7 +67,6 @@ impl<R: BatchRunner> Clone for BatchHandle<R> {
     fn clone(&self) -> Self {
         Self {
             queue: self.queue.clone(),
-            stats: Arc::clone(&self.stats),
             model: Arc::clone(&self.model),
         }
     }
@@ -100,11 +76,9 @@ impl<R: BatchRunner> BatchHandle<R> {
     /// Starts the worker thread of `model`, which owns `runner`.
     pub fn spawn(model: &str, runner: R, options: BatchOptions) -> Result<Self, InferenceError> {
         let (queue, jobs) = mpsc::sync_channel(options.queue_capacity.max(1));
-        let stats = Arc::new(BatchStats::default());
         let worker = Worker {
             runner,
             options,
-            stats: Arc::clone(&stats),
             model: model.to_string(),
         };
         std::thread::Builder::new()
@@ -115,22 +89,23 @@ impl<R: BatchRunner> BatchHandle<R> {
             })?;
         Ok(Self {
             queue,
-            stats,
             model: model.into(),
         })
-    }
-
-    pub fn stats(&self) -> &Arc<BatchStats> {
-        &self.stats
     }
 
     /// Queues `items` as one request and waits for their outputs.
     pub async fn submit(&self, items: Vec<R::Item>) -> Result<Vec<R::Output>, InferenceError> {
         let (reply, outputs) = oneshot::channel();
-        match self.queue.try_send(Job { items, reply }) {
-            Ok(()) => {}
+        let job = Job {
+            items,
+            queued: Instant::now(),
+            reply,
+        };
+        let model = self.model.to_string();
+        match self.queue.try_send(job) {
+            Ok(()) => metrics::gauge!("kiln_inference_queue_depth", "model" => model).increment(1),
             Err(TrySendError::Full(_)) => {
-                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("kiln_inference_rejected_total", "model" => model).increment(1);
                 return Err(InferenceError::new(
                     ErrorKind::OutOfCapacity,
                     format!(
@@ -156,7 +131,6 @@ fn worker_stopped(model: &str) -> InferenceError {
 struct Worker<R: BatchRunner> {
     runner: R,
     options: BatchOptions,
-    stats: Arc<BatchStats>,
     model: String,
 }
 
@@ -213,7 +187,13 @@ impl<R: BatchRunner> Worker<R> {
     fn run_batch(&mut self, batch: Vec<Job<R>>) {
         let mut pending = VecDeque::new();
         let mut items = VecDeque::new();
+        let model = self.model.clone();
+        let depth = metrics::gauge!("kiln_inference_queue_depth", "model" => model.clone());
+        let wait =
+            metrics::histogram!("kiln_inference_queue_wait_seconds", "model" => model.clone());
         for job in batch {
+            depth.decrement(1);
+            wait.record(job.queued.elapsed().as_secs_f64());
             if job.reply.is_closed() {
                 continue;
             }
@@ -239,7 +219,11 @@ impl<R: BatchRunner> Worker<R> {
                 pass.extend(items.pop_front());
             }
             let pass_size = pass.len();
-            self.stats.record(pass_size);
+            let labels = [("model", model.clone())];
+            metrics::counter!("kiln_batch_forward_passes_total", &labels).increment(1);
+            metrics::counter!("kiln_batch_items_total", &labels).increment(pass_size as u64);
+            metrics::histogram!("kiln_batch_size", &labels).record(pass_size as f64);
+            metrics::counter!("kiln_input_tokens_total", &labels).increment(tokens as u64);
             let started = Instant::now();
             let result =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.runner.run(pass)))
@@ -401,7 +385,6 @@ mod tests {
         let error = rejected.expect_err("one request is rejected");
         assert_eq!(error.kind, ErrorKind::OutOfCapacity);
         assert_eq!(error.status(), 429);
-        assert_eq!(handle.stats().rejected.load(Ordering::Relaxed), 1);
 
         release.send(()).unwrap();
         release.send(()).unwrap();

@@ -65,10 +65,6 @@ impl CustomModel {
         Ok(CustomModel { inputs, worker })
     }
 
-    pub fn worker_stats(&self) -> &std::sync::Arc<crate::batching::BatchStats> {
-        self.worker.stats()
-    }
-
     pub async fn run(&self, input: Value) -> Result<Value, InferenceError> {
         let tensors = parse_inputs(input, &self.inputs)?;
         let outputs = self

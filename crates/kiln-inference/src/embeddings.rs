@@ -341,10 +341,6 @@ impl TextEncoder {
         })
     }
 
-    pub fn worker_stats(&self) -> &Arc<crate::batching::BatchStats> {
-        self.worker.stats()
-    }
-
     /// Embeds `texts` through the batch worker.
     pub async fn embed(
         &self,

@@ -11,7 +11,7 @@ use kiln_models::{EngineKind, Manifest, ModelStore, Task};
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
-use crate::batching::{BatchOptions, BatchStats};
+use crate::batching::BatchOptions;
 use crate::classification::{self, ZeroShotClassifier, ZeroShotConfig};
 use crate::custom::CustomModel;
 use crate::embeddings::{self, EmbeddingsInput, TextEncoder};
@@ -94,28 +94,6 @@ impl EncoderService {
     /// Loads a model ahead of its first request.
     pub async fn preload(&self, manifest: &Manifest) -> Result<(), InferenceError> {
         self.load(manifest).await.map(|_| ())
-    }
-
-    /// Batch counters of every loaded model, by model id.
-    pub fn batch_stats(&self) -> Vec<(String, Arc<BatchStats>)> {
-        let Ok(loaded) = self.loaded.lock() else {
-            return Vec::new();
-        };
-        let mut stats: Vec<(String, Arc<BatchStats>)> = loaded
-            .iter()
-            .filter_map(|(id, slot)| {
-                let stats = match slot.get()? {
-                    Loaded::Encoder(encoder) => encoder.worker_stats(),
-                    Loaded::Sequence(classifier) => classifier.worker_stats(),
-                    Loaded::Image(classifier) => classifier.worker_stats(),
-                    Loaded::Custom(model) => model.worker_stats(),
-                    Loaded::ZeroShot(_) => return None,
-                };
-                Some((id.clone(), Arc::clone(stats)))
-            })
-            .collect();
-        stats.sort_by(|a, b| a.0.cmp(&b.0));
-        stats
     }
 
     fn load<'a>(

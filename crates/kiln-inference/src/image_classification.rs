@@ -171,10 +171,6 @@ impl ImageClassifier {
         })
     }
 
-    pub fn worker_stats(&self) -> &std::sync::Arc<crate::batching::BatchStats> {
-        self.worker.stats()
-    }
-
     /// Decodes and preprocesses `bytes` on a blocking thread, runs the model and returns the
     /// top 5 `{label, score}` by score.
     pub async fn classify(&self, bytes: Vec<u8>) -> Result<Value, InferenceError> {

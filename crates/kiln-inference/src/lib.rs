@@ -18,7 +18,7 @@ pub mod sequence_classification;
 mod service;
 pub mod text_generation;
 
-pub use batching::{BatchOptions, BatchStats};
+pub use batching::BatchOptions;
 pub use catalog::{catalog_entry, hosted_task};
 pub use engines::OnnxEngineOptions;
 pub use error::{ErrorKind, InferenceError};

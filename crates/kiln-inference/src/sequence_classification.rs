@@ -13,7 +13,7 @@ use kiln_models::{EngineKind, Manifest, ModelStore};
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
-use crate::batching::{BatchHandle, BatchOptions, BatchRunner, BatchStats};
+use crate::batching::{BatchHandle, BatchOptions, BatchRunner};
 use crate::embeddings::{load_tokenizer, max_tokens, padded_token_inputs, TokenIds};
 use crate::engines::{self, OnnxEngineOptions};
 use crate::image_classification::{softmax, top_labels};
@@ -127,10 +127,6 @@ impl SequenceClassifier {
             labels: labels.into(),
             worker,
         })
-    }
-
-    pub fn worker_stats(&self) -> &Arc<BatchStats> {
-        self.worker.stats()
     }
 
     /// Classifies one text through the batch worker and returns `[{label, score}]`, every

@@ -8,7 +8,7 @@ use kiln_models::{EngineKind, Manifest, ModelStore, Task};
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
-use crate::batching::{BatchOptions, BatchStats};
+use crate::batching::BatchOptions;
 use crate::encoder_service::EncoderService;
 use crate::engines::OnnxEngineOptions;
 use crate::text_generation::{self, TextGenerationInput, TextStream};
@@ -132,10 +132,33 @@ impl InferenceService {
     /// Validates `input` for the model's task, loads the model if needed and runs it.
     pub async fn run(&self, model: &str, input: Value) -> Result<RunOutput, InferenceError> {
         let manifest = self.resolve(model)?;
+        let started = std::time::Instant::now();
+        let result = self.run_resolved(&manifest, input).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(error) => error.name(),
+        };
+        let model = manifest.id.clone();
+        metrics::counter!("kiln_inference_requests_total", "model" => model.clone(), "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("kiln_inference_duration_seconds", "model" => model)
+            .record(started.elapsed().as_secs_f64());
+        result.map(|output| RunOutput {
+            model: manifest.id,
+            output,
+        })
+    }
+
+    /// Runs a resolved model: the part of [`InferenceService::run`] that the metrics time.
+    async fn run_resolved(
+        &self,
+        manifest: &Manifest,
+        input: Value,
+    ) -> Result<Output, InferenceError> {
         let output = match manifest.task {
             Task::TextGeneration => {
                 let input = TextGenerationInput::parse(input, self.options.max_generated_tokens)?;
-                let stream = self.start_generation(&manifest, &input).await?;
+                let stream = self.start_generation(manifest, &input).await?;
                 if input.stream {
                     Output::TextStream(stream)
                 } else {
@@ -147,12 +170,9 @@ impl InferenceService {
             Task::TextEmbeddings
             | Task::TextClassification
             | Task::ImageClassification
-            | Task::Custom => Output::Json(self.encoders.run(&manifest, input).await?),
+            | Task::Custom => Output::Json(self.encoders.run(manifest, input).await?),
         };
-        Ok(RunOutput {
-            model: manifest.id,
-            output,
-        })
+        Ok(output)
     }
 
     /// Starts a text generation from an input that the caller built and validated (the
@@ -186,7 +206,7 @@ impl InferenceService {
         input: &TextGenerationInput,
     ) -> Result<TextStream, InferenceError> {
         let LoadedModel::TextGeneration(handle) = self.load(manifest).await?;
-        text_generation::start(&handle, input).await
+        text_generation::start(&manifest.id, &handle, input).await
     }
 
     /// Returns the node's cap on `max_tokens`.
@@ -201,11 +221,6 @@ impl InferenceService {
             return self.encoders.preload(&manifest).await;
         }
         self.load(&manifest).await.map(|_| ())
-    }
-
-    /// Batch counters of every loaded embeddings, classification and custom model, by id.
-    pub fn batch_stats(&self) -> Vec<(String, Arc<BatchStats>)> {
-        self.encoders.batch_stats()
     }
 
     /// The context window of a loaded model, for the catalog; `None` until the model is loaded.

@@ -102,11 +102,15 @@ impl Namespace {
     /// Reads a key; `None` when it is missing or expired. `cache_ttl` is validated (an integer
     /// of at least 30) and otherwise ignored, because reads are never cached.
     pub async fn get(&self, key: &str, cache_ttl: Option<f64>) -> Result<Option<Entry>, KvError> {
-        validate::check_cache_ttl(op::GET, cache_ttl)?;
-        validate::check_namespace_id(&self.id)?;
-        validate::check_key(op::GET, key)?;
-        let now = self.kv.clock.now();
-        self.kv.backend.get(&self.id, key, now).await
+        let result = async {
+            validate::check_cache_ttl(op::GET, cache_ttl)?;
+            validate::check_namespace_id(&self.id)?;
+            validate::check_key(op::GET, key)?;
+            let now = self.kv.clock.now();
+            self.kv.backend.get(&self.id, key, now).await
+        }
+        .await;
+        observe(op::GET, result)
     }
 
     /// Reads up to 100 keys, returning the entries in the order of `keys`.
@@ -115,60 +119,85 @@ impl Namespace {
         keys: &[String],
         cache_ttl: Option<f64>,
     ) -> Result<Vec<Option<Entry>>, KvError> {
-        validate::check_cache_ttl(op::GET_BULK, cache_ttl)?;
-        validate::check_namespace_id(&self.id)?;
-        validate::check_bulk_get_count(keys.len())?;
-        for key in keys {
-            validate::check_key(op::GET_BULK, key)?;
+        let result = async {
+            validate::check_cache_ttl(op::GET_BULK, cache_ttl)?;
+            validate::check_namespace_id(&self.id)?;
+            validate::check_bulk_get_count(keys.len())?;
+            for key in keys {
+                validate::check_key(op::GET_BULK, key)?;
+            }
+            let now = self.kv.clock.now();
+            self.kv.backend.get_many(&self.id, keys, now).await
         }
-        let now = self.kv.clock.now();
-        self.kv.backend.get_many(&self.id, keys, now).await
+        .await;
+        observe(op::GET_BULK, result)
     }
 
     /// Writes a key, creating the namespace if needed. Nothing is written when a check fails.
     /// On the embedded backend the write is on disk when this returns.
     pub async fn put(&self, key: &str, value: Bytes, options: PutOptions) -> Result<(), KvError> {
-        let now = self.kv.clock.now();
-        let expiration = validate::resolve_expiration(now, &options)?;
-        validate::check_namespace_id(&self.id)?;
-        validate::check_key(op::PUT, key)?;
-        let metadata = validate::check_metadata(options.metadata)?;
-        validate::check_value_size(value.len())?;
+        let result = async {
+            let now = self.kv.clock.now();
+            let expiration = validate::resolve_expiration(now, &options)?;
+            validate::check_namespace_id(&self.id)?;
+            validate::check_key(op::PUT, key)?;
+            let metadata = validate::check_metadata(options.metadata)?;
+            validate::check_value_size(value.len())?;
 
-        let entry = Entry {
-            value,
-            expiration,
-            metadata,
-        };
-        self.kv.backend.put(&self.id, key, entry, now).await
+            let entry = Entry {
+                value,
+                expiration,
+                metadata,
+            };
+            self.kv.backend.put(&self.id, key, entry, now).await
+        }
+        .await;
+        observe(op::PUT, result)
     }
 
     /// Deletes a key; deleting a missing key succeeds.
     pub async fn delete(&self, key: &str) -> Result<(), KvError> {
-        validate::check_namespace_id(&self.id)?;
-        validate::check_key(op::DELETE, key)?;
-        self.kv.backend.delete(&self.id, key).await
+        let result = async {
+            validate::check_namespace_id(&self.id)?;
+            validate::check_key(op::DELETE, key)?;
+            self.kv.backend.delete(&self.id, key).await
+        }
+        .await;
+        observe(op::DELETE, result)
     }
 
     /// Lists live keys in UTF-8 byte order, one page at a time.
     pub async fn list(&self, options: ListOptions) -> Result<ListPage, KvError> {
-        let limit = validate::resolve_list_limit(options.limit)?;
-        validate::check_namespace_id(&self.id)?;
-        let start_after = options.cursor.as_deref().map(decode_cursor).transpose()?;
-        let query = ListQuery {
-            prefix: options.prefix.unwrap_or_default(),
-            limit,
-            start_after,
-        };
+        let result = async {
+            let limit = validate::resolve_list_limit(options.limit)?;
+            validate::check_namespace_id(&self.id)?;
+            let start_after = options.cursor.as_deref().map(decode_cursor).transpose()?;
+            let query = ListQuery {
+                prefix: options.prefix.unwrap_or_default(),
+                limit,
+                start_after,
+            };
 
-        let now = self.kv.clock.now();
-        let page = self.kv.backend.list(&self.id, query, now).await?;
-        Ok(ListPage {
-            keys: page.keys,
-            list_complete: page.next_after.is_none(),
-            cursor: page.next_after.as_deref().map(encode_cursor),
-        })
+            let now = self.kv.clock.now();
+            let page = self.kv.backend.list(&self.id, query, now).await?;
+            Ok(ListPage {
+                keys: page.keys,
+                list_complete: page.next_after.is_none(),
+                cursor: page.next_after.as_deref().map(encode_cursor),
+            })
+        }
+        .await;
+        observe(op::LIST, result)
     }
+}
+
+/// Counts a namespace operation, and its failure, for the node's metrics.
+fn observe<T>(op: &'static str, result: Result<T, KvError>) -> Result<T, KvError> {
+    metrics::counter!("kiln_kv_operations_total", "op" => op).increment(1);
+    if result.is_err() {
+        metrics::counter!("kiln_kv_errors_total", "op" => op).increment(1);
+    }
+    result
 }
 
 /// Encodes a cursor: the last key name of the page, in URL-safe base64. Callers treat it as

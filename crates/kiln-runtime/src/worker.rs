@@ -146,6 +146,21 @@ pub enum WorkerError {
 }
 
 impl WorkerError {
+    /// Returns the outcome name used in logs and metrics, as the hosted platform's tail names
+    /// it (`exception`, `exceededCpu`, …).
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            WorkerError::Exception { .. } => "exception",
+            WorkerError::LimitExceeded(limit) | WorkerError::Discarded(limit) => match limit {
+                Limit::Cpu => "exceededCpu",
+                Limit::Wall => "exceededWall",
+                Limit::Memory => "exceededMemory",
+                Limit::Stack => "exceededStack",
+            },
+            WorkerError::Unavailable(_) => "unavailable",
+        }
+    }
+
     /// Returns the HTTP status sent to the client.
     pub fn status(&self) -> u16 {
         match self {
@@ -182,12 +197,15 @@ struct WorkerInner {
 /// One isolate thread of the pool.
 struct IsolateHandle {
     events: mpsc::Sender<Event>,
+    /// The `kiln_worker_isolates` gauge of the worker, decremented when the isolate stops.
+    alive: metrics::Gauge,
     /// Requests sent to this isolate whose response head has not arrived yet.
     in_flight: AtomicUsize,
 }
 
 impl Drop for IsolateHandle {
     fn drop(&mut self) {
+        self.alive.decrement(1);
         let _ = self.events.send(Event::Shutdown);
     }
 }
@@ -206,10 +224,15 @@ impl IsolateHandle {
             .spawn(move || isolate::run_thread(thread_spec, services, sender, receiver, ready))
             .map_err(|err| StartError(format!("failed to start the isolate thread: {err}")))?;
         match started.recv() {
-            Ok(Ok(())) => Ok(IsolateHandle {
-                events,
-                in_flight: AtomicUsize::new(0),
-            }),
+            Ok(Ok(())) => {
+                let alive = metrics::gauge!("kiln_worker_isolates", "worker" => spec.name.clone());
+                alive.increment(1);
+                Ok(IsolateHandle {
+                    events,
+                    alive,
+                    in_flight: AtomicUsize::new(0),
+                })
+            }
             Ok(Err(error)) => Err(error),
             Err(_) => Err(StartError(
                 "the isolate thread stopped before the worker loaded".into(),

@@ -5,9 +5,8 @@
 //! - `GET /ai/models`, `GET /ai/models/search` and the v4 search route: the installed catalog;
 //! - `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/models`: the
 //!   OpenAI-compatible API, also under `/client/v4/accounts/{account_id}/ai/v1/`;
-//! - `GET /metrics`: batch counters of the embeddings, classification and custom models, in
-//!   Prometheus text format;
-//! - `GET /healthz`: liveness;
+//! - `GET /metrics`: the node's metrics in Prometheus text format (see [`install_metrics`]);
+//! - `GET /healthz`: liveness; `GET /readyz`: readiness (preloaded models, KV store);
 //! - `/admin/v1/...`: the admin API, with bearer tokens (see [`admin`]).
 //!
 //! [`worker_router`] serves a JavaScript worker on every path instead, as `kiln dev` does.
@@ -28,7 +27,7 @@ mod worker;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::Request;
+use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -39,6 +38,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 pub use admin::{put_all, BulkPair, EXPIRATION_HEADER, METADATA_HEADER};
 pub use errors::ApiError;
+pub use metrics::{install as install_metrics, Readiness};
 pub use tokens::{Scope, TokenStore};
 pub use worker::{serve_worker, worker_router, InferenceAi, WorkerSlot, WorkerState};
 
@@ -64,6 +64,8 @@ pub struct AppState {
     pub tokens: TokenStore,
     /// The node's data folder, where uploads are staged.
     pub data_dir: std::path::PathBuf,
+    /// Preloads still running or failed, for `GET /readyz`.
+    pub readiness: Arc<Readiness>,
 }
 
 /// Builds the router with every route, request logging and panic isolation.
@@ -102,6 +104,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/metrics", get(metrics::prometheus))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(metrics::readyz))
         .merge(admin::routes())
         .fallback(errors::no_route)
         .layer(middleware::from_fn(log_request))
@@ -119,9 +122,18 @@ async fn log_request(mut request: Request, next: Next) -> Response {
         .insert(RequestId(request_id.clone()));
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |matched| matched.as_str())
+        .to_owned();
 
     let mut response = next.run(request).await;
     let status = response.status().as_u16();
+    let seconds = started.elapsed().as_secs_f64();
+    ::metrics::counter!("kiln_http_requests_total", "route" => route.clone(), "status" => status.to_string())
+        .increment(1);
+    ::metrics::histogram!("kiln_http_request_duration_seconds", "route" => route).record(seconds);
     let model = response
         .headers()
         .get(MODEL_HEADER)
@@ -134,7 +146,7 @@ async fn log_request(mut request: Request, next: Next) -> Response {
         path = %path,
         status,
         model = %model,
-        ms = started.elapsed().as_secs_f64() * 1000.0,
+        ms = seconds * 1000.0,
         "request"
     );
     if let Ok(value) = HeaderValue::from_str(&request_id) {

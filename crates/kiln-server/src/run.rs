@@ -60,6 +60,9 @@ async fn run(
         (CacheRequest::Use { ttl }, Some(kv)) if !streaming => {
             match run_cached(state, &InferenceCache::new(kv), model, input, ttl).await {
                 Ok((output, hit)) => {
+                    let result = if hit { "hit" } else { "miss" };
+                    metrics::counter!("kiln_inference_cache_lookups_total", "result" => result)
+                        .increment(1);
                     let mut response = respond(output, envelope);
                     let status = HeaderValue::from_static(if hit { "HIT" } else { "MISS" });
                     response.headers_mut().insert(cache::STATUS_HEADER, status);

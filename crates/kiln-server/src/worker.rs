@@ -131,9 +131,58 @@ async fn handle(State(state): State<Arc<WorkerState>>, request: Request) -> Resp
         cf: request_cf(&state, &parts.headers, parts.version),
     };
 
-    match worker.fetch(request).await {
-        Ok(response) => into_http(response, worker),
-        Err(error) => worker_error(&state, &error),
+    let mut outcome = Outcome::new(worker.name());
+    let result = worker.fetch(request).await;
+    let (response, name) = match result {
+        Ok(response) => (into_http(response, worker), "ok"),
+        Err(error) => (worker_error(&state, &error), error.outcome()),
+    };
+    outcome.finish(name, response.status().as_u16());
+    response
+}
+
+/// Counts a worker request in the node's metrics once it ends; a request dropped before its
+/// response (the client went away) counts as `canceled`.
+struct Outcome {
+    worker: String,
+    started: std::time::Instant,
+    recorded: bool,
+}
+
+impl Outcome {
+    fn new(worker: &str) -> Self {
+        Self {
+            worker: worker.to_owned(),
+            started: std::time::Instant::now(),
+            recorded: false,
+        }
+    }
+
+    fn finish(&mut self, outcome: &'static str, status: u16) {
+        self.recorded = true;
+        self.record(outcome, status.to_string());
+    }
+
+    fn record(&self, outcome: &'static str, status: String) {
+        let worker = self.worker.clone();
+        metrics::counter!(
+            "kiln_worker_requests_total",
+            "worker" => worker.clone(),
+            "status" => status,
+            "outcome" => outcome
+        )
+        .increment(1);
+        metrics::histogram!("kiln_worker_request_duration_seconds", "worker" => worker)
+            .record(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        if !self.recorded {
+            // 499 is the status that nginx logs for a client that closed the connection.
+            self.record("canceled", "499".into());
+        }
     }
 }
 

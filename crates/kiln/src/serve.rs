@@ -82,13 +82,9 @@ async fn serve(
     models_dir: PathBuf,
     data_dir: PathBuf,
 ) -> anyhow::Result<()> {
+    kiln_server::install_metrics();
     let inference = Arc::new(InferenceService::new(store, service_options(&config)));
-    for model in &config.preload {
-        inference
-            .preload(model)
-            .await
-            .with_context(|| format!("failed to preload model {model} (listed in preload)"))?;
-    }
+    let readiness = kiln_server::Readiness::loading(&config.preload);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -108,7 +104,13 @@ async fn serve(
         kv: Some(kv),
         tokens: kiln_server::TokenStore::new(&data_dir),
         data_dir: data_dir.clone(),
+        readiness: Arc::clone(&readiness),
     });
+    tokio::spawn(preload(
+        Arc::clone(&state.inference),
+        config.preload.clone(),
+        readiness,
+    ));
     kiln_server::serve(
         listener,
         state,
@@ -119,6 +121,36 @@ async fn serve(
     .context("the HTTP server failed")?;
     tracing::info!("kiln node stopped");
     Ok(())
+}
+
+/// Loads the models listed in `preload` one after the other while the node serves, and reports
+/// each to `readiness`, so `GET /readyz` returns 503 until they are loaded.
+async fn preload(
+    inference: Arc<InferenceService>,
+    models: Vec<String>,
+    readiness: Arc<kiln_server::Readiness>,
+) {
+    for model in models {
+        let started = std::time::Instant::now();
+        match inference.preload(&model).await {
+            Ok(()) => {
+                tracing::info!(
+                    model = %model,
+                    ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "model preloaded"
+                );
+                readiness.finished(&model, None);
+            }
+            Err(error) => {
+                tracing::error!(
+                    model = %model,
+                    error = %error,
+                    "failed to preload a model listed in preload; /readyz reports it"
+                );
+                readiness.finished(&model, Some(error.to_string()));
+            }
+        }
+    }
 }
 
 /// Opens the node's KV store: `kv.redb` in the data folder, or the configured Redis server.

@@ -1,6 +1,7 @@
 //! Running a generation: prompt rendering, constrained decoding, and the stream of results.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use kiln_engine_llama::{
     grammar_from_json_schema, ChatMessage, EngineError, FinishReason, GenerateEvent,
@@ -48,6 +49,12 @@ pub struct TextStream {
     tools: Option<Vec<Tool>>,
     held_text: String,
     pending: VecDeque<StreamItem>,
+    /// The installed model that runs the generation, for the node's metrics.
+    model: String,
+    /// When the request was submitted to the model.
+    submitted: Instant,
+    /// When the first token arrived.
+    first_token: Option<Instant>,
 }
 
 impl TextStream {
@@ -59,13 +66,20 @@ impl TextStream {
         loop {
             match self.events.recv().await? {
                 GenerateEvent::Started { .. } => continue,
-                GenerateEvent::Text(text) if self.tools.is_some() => self.held_text.push_str(&text),
-                GenerateEvent::Text(text) => return Some(StreamItem::Text(text)),
+                GenerateEvent::Text(text) => {
+                    self.observe_token();
+                    if self.tools.is_some() {
+                        self.held_text.push_str(&text);
+                    } else {
+                        return Some(StreamItem::Text(text));
+                    }
+                }
                 GenerateEvent::Finished {
                     prompt_tokens,
                     completion_tokens,
                     reason,
                 } => {
+                    self.observe_finish(prompt_tokens, completion_tokens);
                     let done = StreamItem::Done {
                         usage: Usage {
                             prompt_tokens,
@@ -79,6 +93,31 @@ impl TextStream {
                     return Some(StreamItem::Error(engine_error(error)))
                 }
             }
+        }
+    }
+
+    /// Records the time to the first token.
+    fn observe_token(&mut self) {
+        if self.first_token.is_none() {
+            let now = Instant::now();
+            self.first_token = Some(now);
+            let seconds = now.duration_since(self.submitted).as_secs_f64();
+            metrics::histogram!("kiln_time_to_first_token_seconds", "model" => self.model.clone())
+                .record(seconds);
+        }
+    }
+
+    /// Records the token counts and the decode rate of a finished generation.
+    fn observe_finish(&self, prompt_tokens: u32, completion_tokens: u32) {
+        let labels = [("model", self.model.clone())];
+        metrics::counter!("kiln_input_tokens_total", &labels).increment(u64::from(prompt_tokens));
+        metrics::counter!("kiln_output_tokens_total", &labels)
+            .increment(u64::from(completion_tokens));
+        // The first token comes from the prefill, so the rate counts the tokens decoded after it.
+        let decode = self.first_token.map(|first| first.elapsed().as_secs_f64());
+        if let Some(seconds) = decode.filter(|seconds| *seconds > 0.0 && completion_tokens > 1) {
+            let rate = f64::from(completion_tokens - 1) / seconds;
+            metrics::histogram!("kiln_generation_tokens_per_second", &labels).record(rate);
         }
     }
 
@@ -138,11 +177,13 @@ pub async fn collect(mut stream: TextStream) -> Result<Completion, InferenceErro
 /// Starts a generation and waits until the model accepted the prompt, so a rejected prompt
 /// becomes an error before any response bytes are sent.
 pub async fn start(
+    model_id: &str,
     model: &LlamaModelHandle,
     input: &TextGenerationInput,
 ) -> Result<TextStream, InferenceError> {
     let prompt = render_prompt(model, input)?;
     let grammar = output_grammar(input)?;
+    let submitted = Instant::now();
 
     let (sender, mut events) = unbounded_channel();
     model
@@ -157,13 +198,20 @@ pub async fn start(
         })
         .map_err(engine_error)?;
     match events.recv().await {
-        Some(GenerateEvent::Started { prompt_tokens }) => Ok(TextStream {
-            events,
-            prompt_tokens,
-            tools: input.tools_active().then(|| input.tools.clone()),
-            held_text: String::new(),
-            pending: VecDeque::new(),
-        }),
+        Some(GenerateEvent::Started { prompt_tokens }) => {
+            metrics::histogram!("kiln_inference_queue_wait_seconds", "model" => model_id.to_owned())
+                .record(submitted.elapsed().as_secs_f64());
+            Ok(TextStream {
+                events,
+                prompt_tokens,
+                tools: input.tools_active().then(|| input.tools.clone()),
+                held_text: String::new(),
+                pending: VecDeque::new(),
+                model: model_id.to_owned(),
+                submitted,
+                first_token: None,
+            })
+        }
         Some(GenerateEvent::Failed(error)) => Err(engine_error(error)),
         Some(other) => Err(InferenceError::internal(format!(
             "the model sent {other:?} before accepting the prompt"

@@ -1,0 +1,243 @@
+//! The node's metrics and readiness against the real binary: `GET /metrics` passes
+//! `promtool check metrics` and its counters move by what known requests did, and `GET /readyz`
+//! waits for the preloaded models.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Node, CHAT_MODEL};
+use serde_json::{json, Value};
+
+const EMBEDDING_MODEL: &str = "all-minilm-l6-v2";
+
+/// One sample of the exposition: metric name, labels and value.
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// Parses the Prometheus text format of `GET /metrics`, skipping comments.
+fn parse_samples(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').expect("a sample has a value");
+            let (name, labels) = match series.split_once('{') {
+                Some((name, labels)) => (name, labels.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split("\",")
+                .filter(|pair| !pair.is_empty())
+                .map(|pair| {
+                    let (key, value) = pair.split_once("=\"").expect("label=\"value\"");
+                    (key.to_owned(), value.trim_end_matches('"').to_owned())
+                })
+                .collect();
+            Sample {
+                name: name.to_owned(),
+                labels,
+                value: value.parse().expect("a numeric value"),
+            }
+        })
+        .collect()
+}
+
+/// Returns the value of the sample `name` whose labels include `labels`, or 0 when none is
+/// there yet.
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|sample| sample.name == name)
+        .filter(|sample| {
+            labels
+                .iter()
+                .all(|(key, value)| sample.labels.get(*key).map(String::as_str) == Some(*value))
+        })
+        .map(|sample| sample.value)
+        .sum()
+}
+
+fn scrape(node: &Node) -> String {
+    let response = node
+        .client()
+        .get(node.url("/metrics"))
+        .send()
+        .expect("metrics");
+    assert_eq!(response.status(), 200);
+    response.text().expect("metrics text")
+}
+
+/// Runs `promtool check metrics` on `text` and returns its exit status and output.
+fn promtool_check(text: &str) -> (bool, String) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed by scripts/install-build-deps.sh");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write metrics to promtool");
+    let output = child.wait_with_output().expect("promtool output");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), report)
+}
+
+fn run(node: &Node, model: &str, input: &Value) -> reqwest::blocking::Response {
+    node.client()
+        .post(node.url(&format!("/ai/run/{model}")))
+        .json(input)
+        .send()
+        .expect("request")
+}
+
+#[test]
+fn metrics_pass_promtool_and_count_requests() {
+    let node = Node::start("");
+    let chat = run(
+        &node,
+        CHAT_MODEL,
+        &json!({"prompt": "Name a colour.", "max_tokens": 8, "seed": 1}),
+    );
+    assert_eq!(chat.status(), 200);
+    let chat: Value = chat.json().expect("chat JSON");
+    let usage = &chat["usage"];
+    let embed_three = run(&node, EMBEDDING_MODEL, &json!({"text": ["a", "b", "c"]}));
+    assert_eq!(embed_three.status(), 200);
+    let embed_one = run(&node, EMBEDDING_MODEL, &json!({"text": "d"}));
+    assert_eq!(embed_one.status(), 200);
+    let invalid = run(&node, EMBEDDING_MODEL, &json!({"text": 5}));
+    assert_eq!(invalid.status(), 400);
+
+    let text = scrape(&node);
+    let (passed, report) = promtool_check(&text);
+    assert!(passed, "promtool check metrics failed:\n{report}\n{text}");
+    assert!(report.trim().is_empty(), "promtool lint:\n{report}");
+
+    let samples = parse_samples(&text);
+    let route = [("route", "/ai/run/{*model}")];
+    let ok_route = [route[0], ("status", "200")];
+    assert_eq!(value(&samples, "kiln_http_requests_total", &ok_route), 3.0);
+    let bad_route = [route[0], ("status", "400")];
+    assert_eq!(value(&samples, "kiln_http_requests_total", &bad_route), 1.0);
+    assert_eq!(
+        value(&samples, "kiln_http_request_duration_seconds_count", &route),
+        4.0
+    );
+
+    let chat_labels = [("model", CHAT_MODEL)];
+    let chat_ok = [chat_labels[0], ("outcome", "ok")];
+    assert_eq!(
+        value(&samples, "kiln_inference_requests_total", &chat_ok),
+        1.0
+    );
+    assert_eq!(
+        value(&samples, "kiln_input_tokens_total", &chat_labels),
+        usage["prompt_tokens"].as_f64().expect("prompt tokens")
+    );
+    assert_eq!(
+        value(&samples, "kiln_output_tokens_total", &chat_labels),
+        usage["completion_tokens"]
+            .as_f64()
+            .expect("completion tokens")
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "kiln_time_to_first_token_seconds_count",
+            &chat_labels
+        ),
+        1.0
+    );
+
+    let embedding = [("model", EMBEDDING_MODEL)];
+    let embedding_ok = [embedding[0], ("outcome", "ok")];
+    assert_eq!(
+        value(&samples, "kiln_inference_requests_total", &embedding_ok),
+        2.0
+    );
+    assert_eq!(value(&samples, "kiln_batch_items_total", &embedding), 4.0);
+    assert_eq!(
+        value(&samples, "kiln_batch_size_count", &embedding),
+        value(&samples, "kiln_batch_forward_passes_total", &embedding)
+    );
+    assert_eq!(
+        value(&samples, "kiln_inference_queue_depth", &embedding),
+        0.0
+    );
+}
+
+#[test]
+fn readyz_waits_for_preloaded_models() {
+    let node = Node::start(&format!(
+        "preload = [\"{CHAT_MODEL}\", \"{EMBEDDING_MODEL}\", \"open-nsfw\"]\n"
+    ));
+    let client = node.client();
+    let mut seen_loading = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let ready = loop {
+        assert!(
+            Instant::now() < deadline,
+            "never ready; log:\n{}",
+            node.log_text()
+        );
+        let response = client.get(node.url("/readyz")).send().expect("readyz");
+        let status = response.status();
+        let body: Value = response.json().expect("readyz JSON");
+        if status == 200 {
+            break body;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["ready"], false);
+        seen_loading.push(body["loading"].clone());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(ready["ready"], true);
+    assert_eq!(ready["loading"], json!([]));
+    let first = seen_loading
+        .first()
+        .unwrap_or_else(|| panic!("/readyz was ready before any model loaded"));
+    assert!(
+        first.as_array().is_some_and(|models| !models.is_empty()),
+        "{first}"
+    );
+}
+
+#[test]
+fn readyz_reports_failed_preload() {
+    let node = Node::start("preload = [\"no-such-model\"]\n");
+    let client = node.client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let response = client.get(node.url("/readyz")).send().expect("readyz");
+        assert_eq!(response.status(), 503);
+        let body: Value = response.json().expect("readyz JSON");
+        if let Some(failed) = body["failed"]
+            .as_array()
+            .filter(|failed| !failed.is_empty())
+        {
+            assert_eq!(failed[0]["model"], "no-such-model");
+            let error = failed[0]["error"].as_str().expect("an error text");
+            assert!(error.contains("no-such-model"), "{error}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let health = client.get(node.url("/healthz")).send().expect("healthz");
+    assert_eq!(health.status(), 200);
+}
