@@ -1,5 +1,6 @@
 //! A running worker: one isolate on its own thread, and the handle that sends it requests.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
 
@@ -21,11 +22,30 @@ pub struct WorkerSpec {
     pub main: String,
     /// `[vars]`: values that appear on `env` as they are.
     pub vars: serde_json::Map<String, Value>,
+    /// Secrets: strings that appear on `env`, replacing a var of the same name.
+    pub secrets: Secrets,
     /// The `env` property of the `[ai]` binding, when the worker declares one.
     pub ai_binding: Option<String>,
     /// KV bindings: `env` property → namespace id.
     pub kv_namespaces: Vec<(String, String)>,
     pub limits: Limits,
+}
+
+/// A worker's secrets, name → value. Its `Debug` output lists the names only, so that logging
+/// a [`WorkerSpec`] cannot leak a value.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secrets(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl From<BTreeMap<String, String>> for Secrets {
+    fn from(secrets: BTreeMap<String, String>) -> Self {
+        Self(secrets)
+    }
 }
 
 /// Resource limits of one worker's isolates.
