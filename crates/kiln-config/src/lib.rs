@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod dev_vars;
 mod wrangler;
 
+pub use dev_vars::{load_dev_vars, parse_dev_vars, DevVarsError, DEV_VARS_FILE};
 pub use wrangler::{
     AiBindingConfig, KvNamespaceConfig, WorkerConfig, WorkerLimits, WORKER_CONFIG_FILES,
 };

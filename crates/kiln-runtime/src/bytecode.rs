@@ -3,13 +3,14 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use rquickjs::module::{Declared, WriteOptions};
 use rquickjs::{Ctx, Module};
 
-use crate::modules::{self, LineMap, SourceError, SourceMaps};
+use crate::commonjs::{self, Resolved};
+use crate::modules::{self, LineMap, SourceError, SourceMaps, WorkerResolver};
 
 /// A module that failed to declare: its file could not be read or transformed, or QuickJS
 /// rejected the JavaScript (the exception is pending on the context).
@@ -19,10 +20,12 @@ pub(crate) enum DeclareError {
 }
 
 struct Compiled {
-    /// Hash of the module file's text when it was compiled.
+    /// Hash of the module file's text and format when it was compiled.
     source_hash: u64,
     bytecode: Arc<Vec<u8>>,
     map: Option<LineMap>,
+    /// The `require` resolutions that a CommonJS module's code was generated with.
+    requires: Vec<Resolved>,
 }
 
 /// Compiled modules by worker folder and module name; only the latest version of each is kept.
@@ -60,31 +63,45 @@ pub(crate) fn declare_builtin<'js>(
     Ok(module)
 }
 
-fn hash_text(text: &str) -> u64 {
+fn hash_source(text: &str, format: commonjs::ModuleFormat) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     text.hash(&mut hasher);
+    format.hash(&mut hasher);
     hasher.finish()
 }
 
-/// Declares the module `name` of the worker in `root`, from cached bytecode when the file is
-/// unchanged, and records its source map in `maps`.
+/// Declares the module `name` of the worker folder, from cached bytecode when the file and,
+/// for CommonJS, the files its `require` calls resolve to are unchanged. Records the module's
+/// source map in `maps`.
 pub(crate) fn declare<'js>(
     ctx: &Ctx<'js>,
-    root: &Path,
+    resolver: &WorkerResolver,
     name: &str,
     maps: &SourceMaps,
 ) -> Result<Module<'js, Declared>, DeclareError> {
-    let text = modules::read_module(root, name).map_err(DeclareError::Source)?;
-    let source_hash = hash_text(&text);
+    let root = resolver.root();
+    let file = commonjs::file_of(name);
+    let text = modules::read_module(root, file).map_err(DeclareError::Source)?;
+    let format = commonjs::module_format(root, file);
+    let source_hash = hash_source(&text, format);
     let key = (root.to_path_buf(), name.to_owned());
 
     let cached = cache().lock().ok().and_then(|cache| {
         let entry = cache
             .get(&key)
             .filter(|entry| entry.source_hash == source_hash)?;
-        Some((Arc::clone(&entry.bytecode), entry.map.clone()))
+        Some((
+            Arc::clone(&entry.bytecode),
+            entry.map.clone(),
+            entry.requires.clone(),
+        ))
     });
-    if let Some((bytecode, map)) = cached {
+    let cached = cached.filter(|(_, _, requires)| {
+        requires
+            .iter()
+            .all(|(specifier, resolved)| resolver.resolve_require(file, specifier) == *resolved)
+    });
+    if let Some((bytecode, map, _)) = cached {
         // SAFETY: the bytes were written by `Module::write` of this same QuickJS build, in this
         // process, and QuickJS copies what it reads.
         let module = unsafe { Module::load(ctx.clone(), &bytecode) };
@@ -96,10 +113,14 @@ pub(crate) fn declare<'js>(
         }
     }
 
-    let loaded = modules::transform(name, text).map_err(DeclareError::Source)?;
+    let loaded =
+        modules::transform_format(resolver, name, text, format).map_err(DeclareError::Source)?;
     let module = Module::declare(ctx.clone(), name, loaded.code).map_err(DeclareError::Engine)?;
     if let Some(map) = &loaded.map {
         maps.insert(name, map.clone());
+    }
+    if !loaded.cacheable {
+        return Ok(module);
     }
     if let Ok(bytecode) = module.write(WriteOptions::default()) {
         if let Ok(mut cache) = cache().lock() {
@@ -107,6 +128,7 @@ pub(crate) fn declare<'js>(
                 source_hash,
                 bytecode: Arc::new(bytecode),
                 map: loaded.map,
+                requires: loaded.requires,
             };
             cache.insert(key, compiled);
         }

@@ -705,7 +705,7 @@ fn load_worker(
         let description = source_maps.remap(&describe_error(ctx, error));
         StartError(locate_error(&spec.root, &description))
     };
-    let declared = match bytecode::declare(ctx, &spec.root, &main, &source_maps) {
+    let declared = match bytecode::declare(ctx, &resolver, &main, &source_maps) {
         Ok(module) => module,
         Err(DeclareError::Source(error)) => return Err(StartError(error.to_string())),
         Err(DeclareError::Engine(error)) => return Err(module_error(ctx, error)),
@@ -729,7 +729,11 @@ fn load_worker(
     }
 
     let exports = module.namespace().map_err(|err| module_error(ctx, err))?;
-    let vars = serde_json::Value::Object(spec.vars.clone()).to_string();
+    let mut vars = spec.vars.clone();
+    for (name, value) in &spec.secrets.0 {
+        vars.insert(name.clone(), serde_json::Value::String(value.clone()));
+    }
+    let vars = serde_json::Value::Object(vars).to_string();
     let init: Function = host.get("init").map_err(|err| internal(ctx, err))?;
     let kv_bindings: Vec<String> = spec
         .kv_namespaces

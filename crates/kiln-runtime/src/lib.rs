@@ -10,6 +10,7 @@
 
 pub mod binding;
 mod bytecode;
+pub mod commonjs;
 mod host;
 mod isolate;
 mod kv;
@@ -18,6 +19,6 @@ mod worker;
 
 pub use binding::{AiBinding, AiError, AiOutput};
 pub use worker::{
-    Limit, Limits, ResponseBody, Services, StartError, Worker, WorkerError, WorkerRequest,
+    Limit, Limits, ResponseBody, Secrets, Services, StartError, Worker, WorkerError, WorkerRequest,
     WorkerResponse, WorkerSpec,
 };

@@ -6,7 +6,7 @@
 //! are named `kiln:<specifier>`.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
 
@@ -20,6 +20,7 @@ use rquickjs::loader::{ImportAttributes, Loader, Resolver};
 use rquickjs::{Ctx, Module};
 
 use crate::bytecode::DeclareError;
+use crate::commonjs::{self, ModuleFormat, Resolved};
 
 /// Source of the built-in `@cloudflare/ai` module, whose `Ai` class wraps `env.AI`.
 const CLOUDFLARE_AI: &str = include_str!("js/cloudflare_ai.js");
@@ -46,10 +47,12 @@ pub struct SourceError {
 
 /// Resolves import specifiers the way bundlers for workers do: relative paths with the usual
 /// extensions, then packages from `node_modules` with the `workerd`, `worker`, `browser`,
-/// `import` and `default` export conditions.
+/// `import` and `default` export conditions. The `require` calls of CommonJS files resolve
+/// with the `node`, `require` and `default` conditions and the `main` field instead.
 pub struct WorkerResolver {
     root: PathBuf,
     resolver: oxc_resolver::Resolver,
+    require_resolver: oxc_resolver::Resolver,
 }
 
 impl WorkerResolver {
@@ -70,10 +73,33 @@ impl WorkerResolver {
             main_fields: vec!["module".into(), "main".into()],
             ..oxc_resolver::ResolveOptions::default()
         };
+        let require_options = oxc_resolver::ResolveOptions {
+            extensions: [".js", ".cjs", ".json"].map(String::from).to_vec(),
+            condition_names: ["node", "require", "default"].map(String::from).to_vec(),
+            main_fields: vec!["main".into()],
+            ..oxc_resolver::ResolveOptions::default()
+        };
         Self {
             root: root.to_path_buf(),
             resolver: oxc_resolver::Resolver::new(options),
+            require_resolver: oxc_resolver::Resolver::new(require_options),
         }
+    }
+
+    /// Returns the worker folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Resolves the specifier of a `require` call in the module named `base` to a module name.
+    pub fn resolve_require(&self, base: &str, specifier: &str) -> Result<String, String> {
+        let importer = self.root.join(base);
+        let directory = importer.parent().unwrap_or(&self.root);
+        let resolution = self
+            .require_resolver
+            .resolve(directory, specifier)
+            .map_err(|err| err.to_string())?;
+        self.module_name(resolution.path())
     }
 
     /// Resolves `specifier` imported from the module named `base` to a module name.
@@ -83,6 +109,14 @@ impl WorkerResolver {
         }
         if base.starts_with(BUILTIN_PREFIX) {
             return Err("built-in modules import nothing".into());
+        }
+        if let Some(name) = specifier.strip_prefix(commonjs::RESOLVED_PREFIX) {
+            // Checked like any resolution, so that no import reaches outside the worker folder.
+            return self.module_name(&self.root.join(name));
+        }
+        if let Some(name) = specifier.strip_prefix(commonjs::BODY_PREFIX) {
+            let name = self.module_name(&self.root.join(name))?;
+            return Ok(format!("{}{name}", commonjs::BODY_PREFIX));
         }
         let importer = self.root.join(base);
         let directory = importer.parent().unwrap_or(&self.root);
@@ -134,14 +168,14 @@ impl Resolver for WorkerResolver {
 /// Loads modules named by [`WorkerResolver`] from the worker folder, and records the source
 /// map of every TypeScript module in `source_maps`.
 pub struct WorkerLoader {
-    root: PathBuf,
+    resolver: WorkerResolver,
     source_maps: SourceMaps,
 }
 
 impl WorkerLoader {
     pub fn new(root: &Path, source_maps: SourceMaps) -> Self {
         Self {
-            root: root.to_path_buf(),
+            resolver: WorkerResolver::new(root),
             source_maps,
         }
     }
@@ -159,28 +193,124 @@ impl Loader for WorkerLoader {
                 builtin_source(specifier).ok_or_else(|| rquickjs::Error::new_loading(name))?;
             return Module::declare(ctx.clone(), name, source);
         }
-        crate::bytecode::declare(ctx, &self.root, name, &self.source_maps).map_err(
-            |err| match err {
+        crate::bytecode::declare(ctx, &self.resolver, name, &self.source_maps).map_err(|err| {
+            match err {
                 DeclareError::Source(err) => {
                     rquickjs::Error::new_loading_message(name, err.to_string())
                 }
                 DeclareError::Engine(err) => err,
-            },
-        )
+            }
+        })
     }
 }
 
-/// JavaScript module source, with the map back to the file's own lines for TypeScript.
+/// JavaScript module source, with the map back to the file's own lines for TypeScript and
+/// CommonJS.
 pub struct LoadedSource {
     pub code: String,
     pub map: Option<LineMap>,
+    /// For a CommonJS file, the resolution of each `require` specifier it contains. The code
+    /// depends on them, so a cached compilation is valid only while they stay the same.
+    pub requires: Vec<Resolved>,
+    /// False when the code depends on other files' text, so it must not be cached by this
+    /// file's text alone.
+    pub cacheable: bool,
 }
 
 /// Reads a module file and turns it into JavaScript module source: TypeScript is stripped,
-/// JSON becomes a module whose default export is the parsed value.
-pub fn load_source(root: &Path, name: &str) -> Result<LoadedSource, SourceError> {
-    let text = read_module(root, name)?;
-    transform(name, text)
+/// JSON becomes a module whose default export is the parsed value, and CommonJS becomes an
+/// ES module whose default export is `module.exports`.
+pub fn load_source(resolver: &WorkerResolver, name: &str) -> Result<LoadedSource, SourceError> {
+    let file = commonjs::file_of(name);
+    let text = read_module(&resolver.root, file)?;
+    let format = commonjs::module_format(&resolver.root, file);
+    transform_format(resolver, name, text, format)
+}
+
+/// Turns a module file's text into JavaScript module source, by its [`ModuleFormat`] and by
+/// whether `name` is the body module of a `require` target.
+pub(crate) fn transform_format(
+    resolver: &WorkerResolver,
+    name: &str,
+    text: String,
+    format: ModuleFormat,
+) -> Result<LoadedSource, SourceError> {
+    let file = commonjs::file_of(name);
+    let is_body = file.len() != name.len();
+    let scan = match format {
+        ModuleFormat::Module => None,
+        ModuleFormat::CommonJs => commonjs::scan(file, &text, false)?,
+        ModuleFormat::Detect => commonjs::scan(file, &text, true)?,
+    };
+    let resolve_all = |specifiers: &[String]| -> Vec<Resolved> {
+        specifiers
+            .iter()
+            .map(|specifier| (specifier.clone(), resolver.resolve_require(file, specifier)))
+            .collect()
+    };
+    match (scan, is_body) {
+        (None, false) => transform(name, text),
+        (None, true) => Ok(LoadedSource {
+            code: commonjs::module_proxy(file),
+            map: None,
+            requires: Vec::new(),
+            cacheable: true,
+        }),
+        (Some(scan), true) => {
+            let requires = resolve_all(&scan.requires);
+            Ok(LoadedSource {
+                code: commonjs::body_module(file, &text, &requires),
+                map: Some(LineMap::shifted(1)),
+                requires,
+                cacheable: true,
+            })
+        }
+        (Some(scan), false) => {
+            let mut exports: BTreeSet<String> = scan.exports.iter().cloned().collect();
+            let mut visited = HashSet::from([file.to_owned()]);
+            add_reexported_names(resolver, file, &scan.reexports, &mut exports, &mut visited);
+            Ok(LoadedSource {
+                code: commonjs::import_module(file, &exports),
+                map: None,
+                requires: Vec::new(),
+                cacheable: false,
+            })
+        }
+    }
+}
+
+/// Adds the export names of the CommonJS files that `file` re-exports, and of the files that
+/// those re-export, as Node does for `module.exports = require("x")`. Files that fail to
+/// resolve, read or parse add nothing: their `require` reports the error when it runs.
+fn add_reexported_names(
+    resolver: &WorkerResolver,
+    file: &str,
+    specifiers: &[String],
+    exports: &mut BTreeSet<String>,
+    visited: &mut HashSet<String>,
+) {
+    for specifier in specifiers {
+        let Ok(target) = resolver.resolve_require(file, specifier) else {
+            continue;
+        };
+        if !visited.insert(target.clone()) {
+            continue;
+        }
+        let detect = match commonjs::module_format(&resolver.root, &target) {
+            ModuleFormat::CommonJs => false,
+            ModuleFormat::Detect => true,
+            // NOTE: the names of a re-exported ES module are not added, but its exports are
+            // still reachable through the default export.
+            ModuleFormat::Module => continue,
+        };
+        let Ok(text) = read_module(&resolver.root, &target) else {
+            continue;
+        };
+        if let Ok(Some(scan)) = commonjs::scan(&target, &text, detect) {
+            exports.extend(scan.exports.iter().cloned());
+            add_reexported_names(resolver, &target, &scan.reexports, exports, visited);
+        }
+    }
 }
 
 /// Reads the file of the module named `name`.
@@ -202,17 +332,23 @@ pub fn transform(name: &str, text: String) -> Result<LoadedSource, SourceError> 
         "json" => Ok(LoadedSource {
             code: json_module(name, &text)?,
             map: None,
+            requires: Vec::new(),
+            cacheable: true,
         }),
         "ts" | "mts" | "tsx" | "cts" => {
             let (code, map) = strip_types_mapped(name, &text)?;
             Ok(LoadedSource {
                 code,
                 map: Some(map),
+                requires: Vec::new(),
+                cacheable: true,
             })
         }
         _ => Ok(LoadedSource {
             code: text,
             map: None,
+            requires: Vec::new(),
+            cacheable: true,
         }),
     }
 }
@@ -280,14 +416,25 @@ fn strip_types_mapped(name: &str, text: &str) -> Result<(String, LineMap), Sourc
     Ok((output.code, map))
 }
 
-/// Output position → source position of one stripped module; 0-based lines and columns.
+/// Output position → source position of one stripped or wrapped module; 0-based lines and
+/// columns.
 #[derive(Debug, Default, Clone)]
 pub struct LineMap {
     /// Per output line: (output column, source line, source column), sorted by column.
     lines: Vec<Vec<(u32, u32, u32)>>,
+    /// Lines added in front of an unchanged source, for a map without tokens.
+    shift: u32,
 }
 
 impl LineMap {
+    /// Returns the map of a source that starts `lines` lines down and is otherwise unchanged.
+    pub fn shifted(lines: u32) -> Self {
+        Self {
+            lines: Vec::new(),
+            shift: lines,
+        }
+    }
+
     fn add(&mut self, line: u32, column: u32, source_line: u32, source_column: u32) {
         let line = line as usize;
         if self.lines.len() <= line {
@@ -298,6 +445,10 @@ impl LineMap {
 
     /// Looks up the 1-based source position of a 1-based output position.
     fn lookup(&self, line: u32, column: u32) -> Option<(u32, u32)> {
+        if self.lines.is_empty() {
+            let source_line = line.checked_sub(self.shift).filter(|&line| line > 0)?;
+            return Some((source_line, column));
+        }
         let tokens = self.lines.get(line.checked_sub(1)? as usize)?;
         let column = column.saturating_sub(1);
         let index = tokens.partition_point(|&(start, _, _)| start <= column);
@@ -343,7 +494,8 @@ impl SourceMaps {
             }
         }
         output.push_str(rest);
-        output
+        // Body modules are named after their file with a prefix; traces show the file.
+        output.replace(commonjs::BODY_PREFIX, "")
     }
 }
 
@@ -368,7 +520,12 @@ fn parse_position(text: &str) -> (Option<(u32, u32)>, usize) {
 }
 
 /// Builds an error at a byte offset of `text`, with 1-based line and column and the source line.
-fn positioned_error(name: &str, text: &str, offset: usize, message: &str) -> SourceError {
+pub(crate) fn positioned_error(
+    name: &str,
+    text: &str,
+    offset: usize,
+    message: &str,
+) -> SourceError {
     let offset = offset.min(text.len());
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;

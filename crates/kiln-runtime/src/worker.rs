@@ -1,6 +1,7 @@
 //! A running worker: a small pool of isolates, each on its own thread, and the handle that
 //! sends them requests.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
@@ -23,6 +24,8 @@ pub struct WorkerSpec {
     pub main: String,
     /// `[vars]`: values that appear on `env` as they are.
     pub vars: serde_json::Map<String, Value>,
+    /// Secrets: strings that appear on `env`, replacing a var of the same name.
+    pub secrets: Secrets,
     /// The `env` property of the `[ai]` binding, when the worker declares one.
     pub ai_binding: Option<String>,
     /// KV bindings: `env` property → namespace id.
@@ -31,6 +34,23 @@ pub struct WorkerSpec {
     /// Maximum number of isolates that serve this worker at once. A request goes to an idle
     /// isolate, and when none is idle the pool grows up to this size before requests share one.
     pub max_isolates: usize,
+}
+
+/// A worker's secrets, name → value. Its `Debug` output lists the names only, so that logging
+/// a [`WorkerSpec`] cannot leak a value.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secrets(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl From<BTreeMap<String, String>> for Secrets {
+    fn from(secrets: BTreeMap<String, String>) -> Self {
+        Self(secrets)
+    }
 }
 
 /// Resource limits of one worker's isolates.

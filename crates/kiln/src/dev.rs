@@ -139,10 +139,11 @@ impl Loader {
     fn load(&self) -> Result<(), ()> {
         let started = Instant::now();
         match self.start_worker() {
-            Ok(worker) => {
+            Ok((worker, secret_names)) => {
                 tracing::info!(
                     worker = %worker.name(),
                     ms = started.elapsed().as_secs_f64() * 1000.0,
+                    secrets = %secret_names.join(","),
                     "worker loaded"
                 );
                 self.slot.set(worker);
@@ -157,8 +158,12 @@ impl Loader {
         }
     }
 
-    fn start_worker(&self) -> anyhow::Result<Worker> {
+    /// Starts the folder's worker and returns it with the names of its secrets.
+    fn start_worker(&self) -> anyhow::Result<(Worker, Vec<String>)> {
         let (_, worker) = WorkerConfig::load_dir(&self.dir)?;
+        // The error names the file and line but not the text, which may contain a secret.
+        let secrets = kiln_config::load_dev_vars(&self.dir)?;
+        let secret_names: Vec<String> = secrets.keys().cloned().collect();
         let main = worker.main.to_string_lossy().into_owned();
         if !self.dir.join(&main).is_file() {
             anyhow::bail!(
@@ -172,6 +177,7 @@ impl Loader {
             root: self.dir.clone(),
             main,
             vars: worker.vars_json(),
+            secrets: secrets.into(),
             ai_binding: worker.ai.as_ref().map(|ai| ai.binding.clone()),
             // `kiln dev` works on the preview namespaces, as `wrangler dev` does.
             kv_namespaces: worker
@@ -190,7 +196,7 @@ impl Loader {
             },
             max_isolates: workers.max_isolates(),
         };
-        Ok(Worker::start(spec, self.services.clone())?)
+        Ok((Worker::start(spec, self.services.clone())?, secret_names))
     }
 }
 

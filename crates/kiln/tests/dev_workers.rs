@@ -537,3 +537,125 @@ fn valuation_worker_rejects_missing_field() {
         "a model ran for invalid input"
     );
 }
+
+#[test]
+fn commonjs_packages_import() {
+    let node = DevNode::start(&worker_dir("commonjs"), "");
+    let response = node.client().get(node.url("/")).send().expect("request");
+    let status = response.status();
+    let text = response.text().expect("body");
+    assert_eq!(status, 200, "{text}\nlog:\n{}", node.log_text());
+    let body: Value = serde_json::from_str(&text).expect("JSON body");
+
+    // ms@2.1.3 from npm, unchanged.
+    assert_eq!(body["ms"], json!([172_800_000, "1m", "10 hours"]));
+    // CommonJS only, as named and as default export.
+    assert_eq!(body["greet"], "hello, kiln");
+    assert_eq!(body["defaultGreet"], "hello, default");
+    // CommonJS requiring a package and a relative file.
+    assert_eq!(body["welcome"], "HELLO, KILN!");
+    // CommonJS requiring JSON.
+    assert_eq!(body["region"], "eu-west");
+    assert_eq!(body["retries"], 3);
+    // A circular pair: b gets the part of a's exports that was set before the require, as in
+    // Node.
+    assert_eq!(
+        body["cycle"],
+        json!({"name": "a", "bSawA": {"name": "a", "done": false}, "done": true})
+    );
+    // `exports` conditions: `import` from ESM, `require` from CommonJS.
+    assert_eq!(body["build"], "esm");
+    assert_eq!(body["requiredBuild"], "cjs");
+    // Object.defineProperty exports and the wrapper's `process`.
+    assert_eq!(body["sides"], 4);
+    assert_eq!(body["env"], "production");
+    assert_eq!(body["processGlobal"], "undefined");
+}
+
+#[test]
+fn commonjs_stack_names_original_line() {
+    let node = DevNode::start(&worker_dir("commonjs"), "");
+    let response = node
+        .client()
+        .get(node.url("/throw"))
+        .send()
+        .expect("request");
+    assert_eq!(response.status(), 500);
+    node.wait_for_log("greeter failed on purpose", Duration::from_secs(30));
+    let log = node.log_text();
+    // `throw new Error(...)` is on line 8 of greeter/index.js. QuickJS names the column of
+    // `Error`.
+    assert!(
+        log.contains("node_modules/greeter/index.js:8:13"),
+        "log:\n{log}"
+    );
+    assert!(!log.contains("kiln-commonjs:"), "log:\n{log}");
+}
+
+#[test]
+fn dev_vars_secrets_override_vars() {
+    let node = DevNode::start(&worker_dir("secrets"), "");
+    let response = node.client().get(node.url("/")).send().expect("request");
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().expect("JSON body");
+    assert_eq!(body["API_KEY"], "sk-test-4f9a2c71");
+    assert_eq!(body["DB_PASSWORD"], "correct horse battery staple");
+    assert_eq!(body["MULTILINE"], "first\nsecond");
+    assert_eq!(body["GREETING"], "hello");
+
+    let response = node
+        .client()
+        .get(node.url("/throw"))
+        .send()
+        .expect("request");
+    assert_eq!(response.status(), 500);
+    node.wait_for_log(
+        "failed while the secrets were loaded",
+        Duration::from_secs(30),
+    );
+
+    let log = node.log_text();
+    assert!(
+        log.contains("API_KEY"),
+        "the load line names the secrets:\n{log}"
+    );
+    for value in ["sk-test-4f9a2c71", "correct horse battery staple"] {
+        assert!(
+            !log.contains(value),
+            "the log contains the secret {value:?}:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn dev_vars_change_reloads_worker() {
+    let folder = copy_worker(&worker_dir("secrets"));
+    let node = DevNode::start(folder.path(), "");
+    let read_key = || -> Value {
+        let response = node.client().get(node.url("/")).send().expect("request");
+        response.json::<Value>().expect("JSON body")["API_KEY"].clone()
+    };
+    assert_eq!(read_key(), "sk-test-4f9a2c71");
+
+    std::fs::write(folder.path().join(".dev.vars"), "API_KEY=rotated-91b3\n")
+        .expect("edit .dev.vars");
+    node.wait_for_log("change detected", Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read_key() != "rotated-91b3" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(read_key(), "rotated-91b3");
+
+    // A line that is not KEY=value fails the reload; the error names the line, not its text.
+    std::fs::write(
+        folder.path().join(".dev.vars"),
+        "API_KEY=rotated-91b3\nleaked-c0ffee\n",
+    )
+    .expect("break .dev.vars");
+    node.wait_for_log(".dev.vars:2: expected KEY=value", Duration::from_secs(30));
+    let log = node.log_text();
+    assert!(!log.contains("leaked-c0ffee"), "log:\n{log}");
+    assert!(!log.contains("rotated-91b3"), "log:\n{log}");
+    // The last good version keeps serving.
+    assert_eq!(read_key(), "rotated-91b3");
+}

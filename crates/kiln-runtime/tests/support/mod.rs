@@ -11,8 +11,8 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use kiln_runtime::{
-    AiBinding, AiError, AiOutput, Limits, ResponseBody, Services, StartError, Worker, WorkerError,
-    WorkerRequest, WorkerSpec,
+    AiBinding, AiError, AiOutput, Limits, ResponseBody, Secrets, Services, StartError, Worker,
+    WorkerError, WorkerRequest, WorkerSpec,
 };
 use serde_json::{json, Value};
 
@@ -90,6 +90,7 @@ pub fn start_pool(
         root: dir.path().to_path_buf(),
         main: files[0].0.into(),
         vars: serde_json::from_value(json!({"GREETING": "hello", "LIMIT": 3})).expect("vars"),
+        secrets: Secrets::default(),
         ai_binding: Some("AI".into()),
         kv_namespaces: Vec::new(),
         limits,
