@@ -14,9 +14,11 @@ mod host;
 mod isolate;
 mod kv;
 pub mod modules;
+pub mod outbound;
 mod worker;
 
 pub use binding::{AiBinding, AiError, AiOutput};
+pub use outbound::{HostPattern, OutboundPolicy};
 pub use worker::{
     Limit, Limits, ResponseBody, Services, StartError, Worker, WorkerError, WorkerRequest,
     WorkerResponse, WorkerSpec,
