@@ -130,6 +130,18 @@ pub struct WorkerSettings {
     pub cpu_ms: u64,
     /// Memory of one isolate's JavaScript heap, in MiB.
     pub memory_mib: u64,
+    /// Outbound `fetch()` and `env.AI.run` calls per request, for workers whose `[limits]` set
+    /// none.
+    pub subrequests: u32,
+    /// Hosts that workers may `fetch()` from: `api.example.com`, `*.example.com` (subdomains
+    /// only), `*` (every host), IP literals, each with an optional `:PORT`. Empty: none.
+    /// These hosts must resolve to public addresses.
+    pub outbound_hosts: Vec<String>,
+    /// Hosts, in the same syntax, that workers may `fetch()` from even when they resolve to
+    /// private addresses: loopback, RFC 1918, link-local, unique-local IPv6, unspecified, shared
+    /// (RFC 6598), multicast and the cloud metadata address 169.254.169.254. Listing a host here
+    /// also allows it.
+    pub outbound_private_hosts: Vec<String>,
 }
 
 impl Default for WorkerSettings {
@@ -139,6 +151,9 @@ impl Default for WorkerSettings {
             country_header: None,
             cpu_ms: 30_000,
             memory_mib: 128,
+            subrequests: 50,
+            outbound_hosts: Vec::new(),
+            outbound_private_hosts: Vec::new(),
         }
     }
 }

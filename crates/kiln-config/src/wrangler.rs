@@ -69,7 +69,8 @@ pub struct AiBindingConfig {
 pub struct WorkerLimits {
     /// CPU time per request, in milliseconds. Default: the node's (30 000).
     pub cpu_ms: Option<u64>,
-    /// Outbound requests and binding calls per request. Read but not enforced yet.
+    /// Outbound `fetch()` and `env.AI.run` calls per request. Default: the node's
+    /// `[workers] subrequests` (50).
     pub subrequests: Option<u32>,
 }
 

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::rc::Rc;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use crate::binding::{AiError, AiOutput};
 use crate::isolate::Event;
 use crate::modules::SourceMaps;
+use crate::outbound::OutboundPolicy;
 use crate::worker::{Limit, ResponseBody, Services, WorkerError, WorkerResponse};
 
 /// Destination of a request's response.
@@ -57,12 +58,26 @@ pub(crate) struct HostState {
     pub kv: HashMap<String, kiln_kv::Namespace>,
     /// KV operations made so far by each request still in flight.
     pub kv_calls: HashMap<u64, u32>,
+    /// Subrequests (outbound fetches and AI calls) made so far by each request in flight.
+    pub subrequests: HashMap<u64, u32>,
+    /// Maximum subrequests per request.
+    pub subrequest_limit: u32,
+    /// Hosts and addresses that outbound fetches may reach.
+    pub outbound: Arc<OutboundPolicy>,
+    /// Outbound fetches waiting for their response head, by call id.
+    pub fetch_tasks: HashMap<u64, tokio::task::AbortHandle>,
     streams: HashMap<u64, ForwardedStream>,
     next_stream: u64,
     /// A limit that a request broke, found while handling a JavaScript error.
     pub breach: Option<(Option<u64>, Limit)>,
     /// Maps stack positions in stripped TypeScript back to the source files.
     pub source_maps: SourceMaps,
+}
+
+/// The outbound side of an isolate: its subrequest limit and the policy of its fetches.
+pub(crate) struct Outbound {
+    pub subrequest_limit: u32,
+    pub policy: Arc<OutboundPolicy>,
 }
 
 impl HostState {
@@ -73,6 +88,7 @@ impl HostState {
         services: Services,
         kv: HashMap<String, kiln_kv::Namespace>,
         source_maps: SourceMaps,
+        outbound: Outbound,
     ) -> Self {
         Self {
             worker,
@@ -88,6 +104,10 @@ impl HostState {
             call_owner: HashMap::new(),
             kv,
             kv_calls: HashMap::new(),
+            subrequests: HashMap::new(),
+            subrequest_limit: outbound.subrequest_limit,
+            outbound: outbound.policy,
+            fetch_tasks: HashMap::new(),
             streams: HashMap::new(),
             next_stream: 1,
             breach: None,
@@ -100,6 +120,37 @@ impl HostState {
         request
             .and_then(|number| self.request_ids.get(&number))
             .map_or("", String::as_str)
+    }
+
+    /// Counts one subrequest of the current request. Past the limit, throws the hosted
+    /// runtime's `Error: Too many subrequests.` and logs a warning on the first call over it.
+    ///
+    /// NOTE: calls made after the response has finished (from `ctx.waitUntil`) and calls outside
+    /// a request are not counted, as with KV operations.
+    pub fn count_subrequest(&mut self, ctx: &Ctx<'_>) -> rquickjs::Result<()> {
+        let Some(number) = self
+            .current
+            .filter(|number| self.request_ids.contains_key(number))
+        else {
+            return Ok(());
+        };
+        let count = self.subrequests.entry(number).or_default();
+        *count = count.saturating_add(1);
+        let count = *count;
+        if count <= self.subrequest_limit {
+            return Ok(());
+        }
+        if count == self.subrequest_limit.saturating_add(1) {
+            tracing::warn!(
+                worker = %self.worker,
+                request_id = %self.request_id(Some(number)),
+                limit = "subrequests",
+                limit_value = self.subrequest_limit,
+                "request exceeded the worker's subrequests limit; further fetch() and AI calls \
+                 of this request fail"
+            );
+        }
+        Err(Exception::throw_message(ctx, "Too many subrequests."))
     }
 
     /// Pops the next due timer, skipping cleared and re-armed entries.
@@ -196,6 +247,9 @@ impl HostState {
         for (_, stream) in self.streams.drain() {
             stream.task.abort();
         }
+        for (_, task) in self.fetch_tasks.drain() {
+            task.abort();
+        }
     }
 }
 
@@ -240,6 +294,7 @@ pub(crate) fn native_object<'js>(
     install_url(ctx, &native)?;
     install_ai(ctx, &native, state)?;
     crate::kv::install(ctx, &native, state)?;
+    crate::fetch::install(ctx, &native, state)?;
     install_responses(ctx, &native, state)?;
     Ok(native)
 }
@@ -441,8 +496,14 @@ fn install_ai<'js>(
         "aiRun",
         Function::new(
             ctx.clone(),
-            move |call: f64, model: String, inputs: String, options: String| {
+            move |ctx: Ctx<'js>,
+                  call: f64,
+                  model: String,
+                  inputs: String,
+                  options: String|
+                  -> rquickjs::Result<()> {
                 let mut state = run_state.borrow_mut();
+                state.count_subrequest(&ctx)?;
                 let call = call as u64;
                 let owner = state.current;
                 state.call_owner.insert(call, owner);
@@ -461,7 +522,7 @@ fn install_ai<'js>(
                         call,
                         result,
                     });
-                    return;
+                    return Ok(());
                 };
                 let run = ai.run(model, inputs, options);
                 state.services.tokio.spawn(async move {
@@ -472,6 +533,7 @@ fn install_ai<'js>(
                         result,
                     });
                 });
+                Ok(())
             },
         )?,
     )?;

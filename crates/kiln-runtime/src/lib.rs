@@ -10,6 +10,7 @@
 
 pub mod binding;
 mod bytecode;
+mod fetch;
 mod host;
 mod isolate;
 mod kv;

@@ -9,6 +9,7 @@ use tokio::sync::oneshot;
 
 use crate::binding::AiBinding;
 use crate::isolate::{self, Event};
+use crate::outbound::OutboundPolicy;
 
 /// Everything needed to build the isolates of one worker version.
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ pub struct WorkerSpec {
     /// KV bindings: `env` property → namespace id.
     pub kv_namespaces: Vec<(String, String)>,
     pub limits: Limits,
+    /// Hosts and addresses that the worker's `fetch()` may reach.
+    pub outbound: Arc<OutboundPolicy>,
 }
 
 /// Resource limits of one worker's isolates.
@@ -38,15 +41,20 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// Native stack that JavaScript may use, in bytes; deeper recursion throws a `RangeError`.
     pub stack_bytes: usize,
+    /// Outbound `fetch()` calls and `env.AI.run` calls per request. Calls past it reject with
+    /// `Error: Too many subrequests.`.
+    pub subrequests: u32,
 }
 
 impl Default for Limits {
-    /// Returns the hosted platform's defaults: 30 s of CPU per request and 128 MB per isolate.
+    /// Returns the hosted platform's defaults: 30 s of CPU per request, 128 MB per isolate and
+    /// 50 subrequests per request (the free plan's limit).
     fn default() -> Self {
         Self {
             cpu_ms: 30_000,
             memory_bytes: 128 * 1024 * 1024,
             stack_bytes: 1024 * 1024,
+            subrequests: 50,
         }
     }
 }

@@ -287,6 +287,7 @@ fn tight_limits() -> Limits {
         cpu_ms: 200,
         memory_bytes: 32 * 1024 * 1024,
         stack_bytes: 256 * 1024,
+        ..Limits::default()
     }
 }
 

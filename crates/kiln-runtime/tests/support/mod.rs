@@ -84,6 +84,7 @@ pub fn start(files: &[(&str, &str)], limits: Limits) -> Result<TestWorker, Start
         ai_binding: Some("AI".into()),
         kv_namespaces: Vec::new(),
         limits,
+        outbound: Default::default(),
     };
     let services = Services {
         ai: Some(ai.clone()),
