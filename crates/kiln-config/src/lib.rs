@@ -135,6 +135,18 @@ pub struct WorkerSettings {
     pub wall_ms: u64,
     /// Memory of one isolate's JavaScript heap, in MiB.
     pub memory_mib: u64,
+    /// Outbound `fetch()` and `env.AI.run` calls per request, for workers whose `[limits]` set
+    /// none.
+    pub subrequests: u32,
+    /// Hosts that workers may `fetch()` from: `api.example.com`, `*.example.com` (subdomains
+    /// only), `*` (every host), IP literals, each with an optional `:PORT`. Empty: none.
+    /// These hosts must resolve to public addresses.
+    pub outbound_hosts: Vec<String>,
+    /// Hosts, in the same syntax, that workers may `fetch()` from even when they resolve to
+    /// private addresses: loopback, RFC 1918, link-local, unique-local IPv6, unspecified, shared
+    /// (RFC 6598), multicast and the cloud metadata address 169.254.169.254. Listing a host here
+    /// also allows it.
+    pub outbound_private_hosts: Vec<String>,
     /// Maximum number of isolates per worker. Unset: the number of CPU cores, at most 4.
     pub isolates: Option<usize>,
 }
@@ -157,6 +169,9 @@ impl Default for WorkerSettings {
             wall_ms: 300_000,
             memory_mib: 128,
             isolates: None,
+            subrequests: 50,
+            outbound_hosts: Vec::new(),
+            outbound_private_hosts: Vec::new(),
         }
     }
 }

@@ -72,7 +72,8 @@ pub struct WorkerLimits {
     /// Time from a request's arrival to its response head, in milliseconds (a Kiln key that
     /// Wrangler ignores). Default: the node's (300 000).
     pub wall_ms: Option<u64>,
-    /// Outbound requests and binding calls per request. Read but not enforced yet.
+    /// Outbound `fetch()` and `env.AI.run` calls per request. Default: the node's
+    /// `[workers] subrequests` (50).
     pub subrequests: Option<u32>,
 }
 

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::rc::Rc;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use crate::binding::{AiError, AiOutput};
 use crate::isolate::Event;
 use crate::modules::SourceMaps;
+use crate::outbound::OutboundPolicy;
 use crate::worker::{Limit, ResponseBody, Services, WorkerError, WorkerResponse};
 
 /// Destination of a request's response.
@@ -53,7 +54,8 @@ pub(crate) struct HostState {
     pub timer_owner: HashMap<u64, (Instant, Option<u64>)>,
     /// AI and KV calls in flight → the request that made them.
     pub call_owner: HashMap<u64, Option<u64>>,
-    /// Tasks of the AI calls in flight, aborted when their request is canceled.
+    /// Tasks of the AI calls and of the outbound fetches waiting for their response head,
+    /// aborted when their request is canceled.
     pub call_tasks: HashMap<u64, tokio::task::AbortHandle>,
     /// Wall-time deadlines of the requests waiting for their response head, in order, and by
     /// request.
@@ -63,12 +65,24 @@ pub(crate) struct HostState {
     pub kv: HashMap<String, kiln_kv::Namespace>,
     /// KV operations made so far by each request still in flight.
     pub kv_calls: HashMap<u64, u32>,
+    /// Subrequests (outbound fetches and AI calls) made so far by each request in flight.
+    pub subrequests: HashMap<u64, u32>,
+    /// Maximum subrequests per request.
+    pub subrequest_limit: u32,
+    /// Hosts and addresses that outbound fetches may reach.
+    pub outbound: Arc<OutboundPolicy>,
     streams: HashMap<u64, ForwardedStream>,
     next_stream: u64,
     /// A limit that a request broke, found while handling a JavaScript error.
     pub breach: Option<(Option<u64>, Limit)>,
     /// Maps stack positions in stripped TypeScript back to the source files.
     pub source_maps: SourceMaps,
+}
+
+/// The outbound side of an isolate: its subrequest limit and the policy of its fetches.
+pub(crate) struct Outbound {
+    pub subrequest_limit: u32,
+    pub policy: Arc<OutboundPolicy>,
 }
 
 impl HostState {
@@ -79,6 +93,7 @@ impl HostState {
         services: Services,
         kv: HashMap<String, kiln_kv::Namespace>,
         source_maps: SourceMaps,
+        outbound: Outbound,
     ) -> Self {
         Self {
             worker,
@@ -97,6 +112,9 @@ impl HostState {
             wall_deadline_of: HashMap::new(),
             kv,
             kv_calls: HashMap::new(),
+            subrequests: HashMap::new(),
+            subrequest_limit: outbound.subrequest_limit,
+            outbound: outbound.policy,
             streams: HashMap::new(),
             next_stream: 1,
             breach: None,
@@ -109,6 +127,37 @@ impl HostState {
         request
             .and_then(|number| self.request_ids.get(&number))
             .map_or("", String::as_str)
+    }
+
+    /// Counts one subrequest of the current request. Past the limit, throws the hosted
+    /// runtime's `Error: Too many subrequests.` and logs a warning on the first call over it.
+    ///
+    /// NOTE: calls made after the response has finished (from `ctx.waitUntil`) and calls outside
+    /// a request are not counted, as with KV operations.
+    pub fn count_subrequest(&mut self, ctx: &Ctx<'_>) -> rquickjs::Result<()> {
+        let Some(number) = self
+            .current
+            .filter(|number| self.request_ids.contains_key(number))
+        else {
+            return Ok(());
+        };
+        let count = self.subrequests.entry(number).or_default();
+        *count = count.saturating_add(1);
+        let count = *count;
+        if count <= self.subrequest_limit {
+            return Ok(());
+        }
+        if count == self.subrequest_limit.saturating_add(1) {
+            tracing::warn!(
+                worker = %self.worker,
+                request_id = %self.request_id(Some(number)),
+                limit = "subrequests",
+                limit_value = self.subrequest_limit,
+                "request exceeded the worker's subrequests limit; further fetch() and AI calls \
+                 of this request fail"
+            );
+        }
+        Err(Exception::throw_message(ctx, "Too many subrequests."))
     }
 
     /// Pops the next due timer, skipping cleared and re-armed entries.
@@ -315,6 +364,7 @@ pub(crate) fn native_object<'js>(
     install_url(ctx, &native)?;
     install_ai(ctx, &native, state)?;
     crate::kv::install(ctx, &native, state)?;
+    crate::fetch::install(ctx, &native, state)?;
     install_responses(ctx, &native, state)?;
     Ok(native)
 }
@@ -516,8 +566,14 @@ fn install_ai<'js>(
         "aiRun",
         Function::new(
             ctx.clone(),
-            move |call: f64, model: String, inputs: String, options: String| {
+            move |ctx: Ctx<'js>,
+                  call: f64,
+                  model: String,
+                  inputs: String,
+                  options: String|
+                  -> rquickjs::Result<()> {
                 let mut state = run_state.borrow_mut();
+                state.count_subrequest(&ctx)?;
                 let call = call as u64;
                 let owner = state.current;
                 state.call_owner.insert(call, owner);
@@ -536,7 +592,7 @@ fn install_ai<'js>(
                         call,
                         result,
                     });
-                    return;
+                    return Ok(());
                 };
                 let run = ai.run(model, inputs, options);
                 let task = state.services.tokio.spawn(async move {
@@ -548,6 +604,7 @@ fn install_ai<'js>(
                     });
                 });
                 state.call_tasks.insert(call, task.abort_handle());
+                Ok(())
             },
         )?,
     )?;

@@ -53,6 +53,12 @@ pub(crate) enum Event {
         call: u64,
         result: Result<KvReply, KvError>,
     },
+    /// An outbound `fetch()` got its response head or failed.
+    FetchDone {
+        generation: u64,
+        call: u64,
+        result: crate::fetch::FetchResult,
+    },
     /// A chunk of a forwarded AI stream; `Ok(None)` ends it.
     StreamChunk {
         generation: u64,
@@ -239,6 +245,10 @@ impl Isolate {
             services.clone(),
             kv_namespaces(spec, services),
             source_maps,
+            host::Outbound {
+                subrequest_limit: spec.limits.subrequests,
+                policy: spec.outbound.clone(),
+            },
         )));
 
         // Module top levels run under the same CPU limit as a request.
@@ -374,6 +384,17 @@ impl Isolate {
                 self.turn(owner, |ctx, host| {
                     crate::kv::settle(ctx, host, call, result)
                 });
+            }
+            Event::FetchDone {
+                generation,
+                call,
+                result,
+            } => {
+                let Some(owner) = self.finish_call(generation, call) else {
+                    return;
+                };
+                let settlement = crate::fetch::settle(&self.state, owner, result);
+                self.turn(owner, |_, host| settlement.deliver(host, call));
             }
             Event::StreamChunk {
                 generation,
@@ -523,6 +544,7 @@ impl Isolate {
                 self.cpu_used.remove(&number);
                 state.request_ids.remove(&number);
                 state.kv_calls.remove(&number);
+                state.subrequests.remove(&number);
             }
         }
     }

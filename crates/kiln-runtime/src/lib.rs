@@ -11,13 +11,16 @@
 pub mod binding;
 mod bytecode;
 pub mod commonjs;
+mod fetch;
 mod host;
 mod isolate;
 mod kv;
 pub mod modules;
+pub mod outbound;
 mod worker;
 
 pub use binding::{AiBinding, AiError, AiOutput};
+pub use outbound::{HostPattern, OutboundPolicy};
 pub use worker::{
     Limit, Limits, ResponseBody, Secrets, Services, StartError, Worker, WorkerError, WorkerRequest,
     WorkerResponse, WorkerSpec,

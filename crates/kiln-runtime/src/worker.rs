@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 
 use crate::binding::AiBinding;
 use crate::isolate::{self, Event};
+use crate::outbound::OutboundPolicy;
 
 /// Everything needed to build the isolates of one worker version.
 #[derive(Debug, Clone)]
@@ -34,6 +35,8 @@ pub struct WorkerSpec {
     /// Maximum number of isolates that serve this worker at once. A request goes to an idle
     /// isolate, and when none is idle the pool grows up to this size before requests share one.
     pub max_isolates: usize,
+    /// Hosts and addresses that the worker's `fetch()` may reach.
+    pub outbound: Arc<OutboundPolicy>,
 }
 
 /// A worker's secrets, name → value. Its `Debug` output lists the names only, so that logging
@@ -65,17 +68,21 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// Native stack that JavaScript may use, in bytes; deeper recursion throws a `RangeError`.
     pub stack_bytes: usize,
+    /// Outbound `fetch()` calls and `env.AI.run` calls per request. Calls past it reject with
+    /// `Error: Too many subrequests.`.
+    pub subrequests: u32,
 }
 
 impl Default for Limits {
-    /// Returns the hosted platform's defaults, 30 s of CPU per request and 128 MB per isolate,
-    /// and five minutes of wall time.
+    /// Returns the hosted platform's defaults: 30 s of CPU per request, 128 MB per isolate and
+    /// 50 subrequests per request (the free plan's limit), and five minutes of wall time.
     fn default() -> Self {
         Self {
             cpu_ms: 30_000,
             wall_ms: 300_000,
             memory_bytes: 128 * 1024 * 1024,
             stack_bytes: 1024 * 1024,
+            subrequests: 50,
         }
     }
 }

@@ -288,6 +288,7 @@ fn tight_limits() -> Limits {
         wall_ms: 2_000,
         memory_bytes: 32 * 1024 * 1024,
         stack_bytes: 256 * 1024,
+        ..Limits::default()
     }
 }
 

@@ -11,7 +11,7 @@ use anyhow::Context;
 use kiln_config::{LogFormat, NodeConfig, WorkerConfig};
 use kiln_inference::InferenceService;
 use kiln_models::ModelStore;
-use kiln_runtime::{Limits, Services, Worker, WorkerSpec};
+use kiln_runtime::{Limits, OutboundPolicy, Services, Worker, WorkerSpec};
 use kiln_server::{InferenceAi, WorkerSlot, WorkerState};
 
 use crate::NodePaths;
@@ -68,6 +68,11 @@ async fn serve(
         store,
         crate::serve::service_options(&config),
     ));
+    let outbound = OutboundPolicy::new(
+        &config.workers.outbound_hosts,
+        &config.workers.outbound_private_hosts,
+    )
+    .map_err(anyhow::Error::msg)?;
     let services = Services {
         ai: Some(Arc::new(InferenceAi { inference })),
         kv: Some(crate::serve::open_kv(&config, &data_dir).await?),
@@ -91,6 +96,7 @@ async fn serve(
         dir: dir.clone(),
         config: config.clone(),
         services,
+        outbound: Arc::new(outbound),
         slot,
     };
     let first = tokio::task::spawn_blocking({
@@ -130,6 +136,7 @@ struct Loader {
     dir: PathBuf,
     config: NodeConfig,
     services: Services,
+    outbound: Arc<OutboundPolicy>,
     slot: Arc<WorkerSlot>,
 }
 
@@ -192,9 +199,11 @@ impl Loader {
                 cpu_ms: worker.limits.cpu_ms.unwrap_or(workers.cpu_ms),
                 wall_ms: worker.limits.wall_ms.unwrap_or(workers.wall_ms),
                 memory_bytes: (workers.memory_mib as usize).saturating_mul(1024 * 1024),
+                subrequests: worker.limits.subrequests.unwrap_or(workers.subrequests),
                 ..Limits::default()
             },
             max_isolates: workers.max_isolates(),
+            outbound: Arc::clone(&self.outbound),
         };
         Ok((Worker::start(spec, self.services.clone())?, secret_names))
     }

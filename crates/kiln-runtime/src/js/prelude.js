@@ -1713,6 +1713,8 @@ export default function installPrelude(native) {
     #statusText;
     #headers;
     #type;
+    #url = "";
+    #redirected = false;
     constructor(body = null, init = {}) {
       const status = init.status === undefined ? 200 : Number(init.status);
       if (!Number.isInteger(status) || status < 200 || status > 599) {
@@ -1763,20 +1765,24 @@ export default function installPrelude(native) {
       return this.#type;
     }
     get redirected() {
-      return false;
+      return this.#redirected;
     }
     get url() {
-      return "";
+      return this.#url;
+    }
+    // Records where a response of fetch() came from.
+    _setOrigin(url, redirected) {
+      this.#url = url;
+      this.#redirected = redirected;
     }
     clone() {
-      return new Response(this._cloneContent(), { status: this.#status, statusText: this.#statusText, headers: this.#headers });
+      const copy = new Response(this._cloneContent(), { status: this.#status, statusText: this.#statusText, headers: this.#headers });
+      copy.#url = this.#url;
+      copy.#redirected = this.#redirected;
+      return copy;
     }
   }
   define("Response", Response);
-
-  define("fetch", async function fetch() {
-    throw new TypeError("fetch() is not available: outbound requests are disabled on this node");
-  });
 
   // ---------------------------------------------------------------------------------------
   // The AI binding
@@ -1789,7 +1795,9 @@ export default function installPrelude(native) {
   }
 
   const aiCalls = new Map();
-  const aiStreams = new Map();
+  // Streams that the node forwards into the isolate (AI results, fetch() response bodies), by
+  // stream id: { controller, toError(message), onEnd() }.
+  const forwardedStreams = new Map();
   let nextCallId = 1;
 
   class Ai {
@@ -1816,7 +1824,13 @@ export default function installPrelude(native) {
       }
       return new Promise((resolve, reject) => {
         aiCalls.set(id, { resolve, reject, binding: this });
-        native.aiRun(id, model, inputsJson, optionsJson);
+        try {
+          native.aiRun(id, model, inputsJson, optionsJson);
+        } catch (error) {
+          // Too many subrequests.
+          aiCalls.delete(id);
+          reject(error);
+        }
       });
     }
   }
@@ -1846,10 +1860,10 @@ export default function installPrelude(native) {
     call.binding.lastRequestHttpStatusCode = 200;
     const stream = new ReadableStream({
       start(controller) {
-        aiStreams.set(streamId, controller);
+        forwardedStreams.set(streamId, { controller, toError: (message) => new InferenceUpstreamError(message) });
       },
       cancel() {
-        aiStreams.delete(streamId);
+        forwardedStreams.delete(streamId);
         native.streamCancel(streamId);
       },
     });
@@ -1857,16 +1871,117 @@ export default function installPrelude(native) {
   }
 
   function streamChunk(streamId, bytes) {
-    const controller = aiStreams.get(streamId);
-    if (controller) controller.enqueue(bytes);
+    const stream = forwardedStreams.get(streamId);
+    if (stream) stream.controller.enqueue(bytes);
   }
 
   function streamEnd(streamId, error) {
-    const controller = aiStreams.get(streamId);
-    if (!controller) return;
-    aiStreams.delete(streamId);
-    if (error === null || error === undefined) controller.close();
-    else controller.error(new InferenceUpstreamError(error));
+    const stream = forwardedStreams.get(streamId);
+    if (!stream) return;
+    forwardedStreams.delete(streamId);
+    stream.onEnd?.();
+    if (error === null || error === undefined) stream.controller.close();
+    else stream.controller.error(stream.toError(error));
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Outbound fetch()
+
+  // Calls waiting for a response head or still streaming their body, by call id:
+  // { resolve, reject, signal, method, url, onAbort, streamId }.
+  const fetchCalls = new Map();
+
+  define("fetch", async function fetch(input, init = undefined) {
+    const request = new Request(input, init);
+    const signal = request.signal;
+    signal.throwIfAborted();
+    const body = request._content === null ? null : await request._consume();
+    signal.throwIfAborted();
+    const id = nextCallId++;
+    return new Promise((resolve, reject) => {
+      const call = { resolve, reject, signal, method: request.method, url: request.url, onAbort: null, streamId: null };
+      call.onAbort = () => abortFetch(id);
+      fetchCalls.set(id, call);
+      signal.addEventListener("abort", call.onAbort, { once: true });
+      try {
+        native.fetchStart(id, request.method, request.url, request.headers._flat(), body, String(request.redirect));
+      } catch (error) {
+        // An invalid request, a rejected URL scheme or too many subrequests.
+        forgetFetch(id);
+        reject(error);
+      }
+    });
+  });
+
+  function forgetFetch(id) {
+    const call = fetchCalls.get(id);
+    if (!call) return;
+    fetchCalls.delete(id);
+    call.signal.removeEventListener("abort", call.onAbort);
+  }
+
+  // Rejects a call that waits for its head with the signal's reason, or errors its body stream,
+  // and stops the transfer on the node.
+  function abortFetch(id) {
+    const call = fetchCalls.get(id);
+    if (!call) return;
+    forgetFetch(id);
+    const reason = call.signal.reason;
+    if (call.streamId === null) {
+      native.fetchCancel(id);
+      call.reject(reason);
+      return;
+    }
+    const stream = forwardedStreams.get(call.streamId);
+    forwardedStreams.delete(call.streamId);
+    native.streamCancel(call.streamId);
+    stream?.controller.error(reason);
+  }
+
+  function settleFetch(id, ok, payload, streamId) {
+    const call = fetchCalls.get(id);
+    if (!call) {
+      if (streamId !== null && streamId !== undefined) native.streamCancel(streamId);
+      return;
+    }
+    if (!ok) {
+      forgetFetch(id);
+      call.reject(new TypeError(payload));
+      return;
+    }
+    const head = JSON.parse(payload);
+    const headers = [];
+    for (let i = 0; i < head.headers.length; i += 2) headers.push([head.headers[i], head.headers[i + 1]]);
+    let body = null;
+    if (call.method === "HEAD" || NULL_BODY_STATUS.has(head.status)) {
+      forgetFetch(id);
+      native.streamCancel(streamId);
+    } else {
+      call.streamId = streamId;
+      body = new ReadableStream({
+        start(controller) {
+          forwardedStreams.set(streamId, { controller, toError: (message) => new TypeError(message), onEnd: () => forgetFetch(id) });
+        },
+        cancel() {
+          forgetFetch(id);
+          forwardedStreams.delete(streamId);
+          native.streamCancel(streamId);
+        },
+      });
+    }
+    let response;
+    try {
+      response = new Response(body, { status: head.status, statusText: head.statusText, headers });
+    } catch (error) {
+      forgetFetch(id);
+      forwardedStreams.delete(streamId);
+      native.streamCancel(streamId);
+      call.reject(new TypeError(`fetch() to ${call.url} failed: the server sent an invalid response: ${error.message}`));
+      return;
+    }
+    response._setOrigin(head.url, head.redirected);
+    response.headers._setGuard("immutable");
+    call.resolve(response);
   }
 
 
@@ -2106,6 +2221,7 @@ export default function installPrelude(native) {
     aiDone: settleAi,
     kvDone: settleKv,
     aiStream: settleAiStream,
+    fetchDone: settleFetch,
     streamChunk,
     streamEnd,
   };

@@ -95,6 +95,7 @@ pub fn start_pool(
         kv_namespaces: Vec::new(),
         limits,
         max_isolates,
+        outbound: Default::default(),
     };
     let services = Services {
         ai: Some(ai.clone()),
