@@ -10,10 +10,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod cron;
 mod wrangler;
 
+pub use cron::CronTrigger;
 pub use wrangler::{
-    AiBindingConfig, KvNamespaceConfig, WorkerConfig, WorkerLimits, WORKER_CONFIG_FILES,
+    AiBindingConfig, KvNamespaceConfig, TriggersConfig, WorkerConfig, WorkerLimits,
+    WORKER_CONFIG_FILES,
 };
 
 /// Address a node listens on when neither the config nor `--listen` sets one.
