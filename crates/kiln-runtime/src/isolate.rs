@@ -25,7 +25,8 @@ use crate::host::{self, AiSettlement, HostState, Reply, SharedState};
 use crate::kv::KvReply;
 use crate::modules::{SourceMaps, WorkerLoader, WorkerResolver};
 use crate::worker::{
-    Limit, Limits, Services, StartError, WorkerError, WorkerRequest, WorkerResponse, WorkerSpec,
+    ExportedHandlers, Limit, Limits, Services, StartError, WorkerError, WorkerRequest,
+    WorkerResponse, WorkerSpec,
 };
 
 const PRELUDE: &str = include_str!("js/prelude.js");
@@ -35,6 +36,15 @@ pub(crate) enum Event {
     Fetch {
         request: WorkerRequest,
         reply: oneshot::Sender<Result<WorkerResponse, WorkerError>>,
+    },
+    /// A cron trigger fired: run the default export's `scheduled` handler.
+    Scheduled {
+        /// Event id shown in log lines.
+        id: String,
+        cron: String,
+        /// `controller.scheduledTime`, in milliseconds since the Unix epoch.
+        scheduled_time_ms: f64,
+        reply: oneshot::Sender<Result<(), WorkerError>>,
     },
     AiDone {
         generation: u64,
@@ -114,12 +124,12 @@ pub(crate) fn run_thread(
     services: Services,
     events: mpsc::Sender<Event>,
     receiver: mpsc::Receiver<Event>,
-    ready: mpsc::Sender<Result<(), StartError>>,
+    ready: mpsc::Sender<Result<ExportedHandlers, StartError>>,
 ) {
     let mut generation = 0;
     let mut isolate = match Isolate::build(&spec, &services, &events, generation) {
         Ok(isolate) => {
-            let _ = ready.send(Ok(()));
+            let _ = ready.send(Ok(isolate.state.borrow().exports));
             isolate
         }
         Err(error) => {
@@ -160,6 +170,9 @@ fn reject_until_shutdown(receiver: &mpsc::Receiver<Event>, reason: &str) {
     while let Ok(event) = receiver.recv() {
         match event {
             Event::Fetch { reply, .. } => {
+                let _ = reply.send(Err(WorkerError::Unavailable(reason.to_owned())));
+            }
+            Event::Scheduled { reply, .. } => {
                 let _ = reply.send(Err(WorkerError::Unavailable(reason.to_owned())));
             }
             Event::Shutdown => return,
@@ -294,6 +307,12 @@ impl Isolate {
     fn handle(&mut self, event: Event) {
         match event {
             Event::Fetch { request, reply } => self.handle_fetch(request, reply),
+            Event::Scheduled {
+                id,
+                cron,
+                scheduled_time_ms,
+                reply,
+            } => self.handle_scheduled(id, cron, scheduled_time_ms, reply),
             Event::AiDone {
                 generation,
                 call,
@@ -409,6 +428,28 @@ impl Isolate {
                 body,
                 cf,
             ))
+        });
+    }
+
+    /// Starts a scheduled event. It is tracked as a request, so it gets the same CPU budget
+    /// and fails the same way when the isolate is discarded.
+    fn handle_scheduled(
+        &mut self,
+        id: String,
+        cron: String,
+        scheduled_time_ms: f64,
+        reply: oneshot::Sender<Result<(), WorkerError>>,
+    ) {
+        let number = self.next_request;
+        self.next_request += 1;
+        {
+            let mut state = self.state.borrow_mut();
+            state.request_ids.insert(number, id);
+            state.replies.insert(number, Reply::Scheduled(reply));
+        }
+        self.turn(Some(number), |_, host| {
+            let scheduled: Function = host.get("scheduled")?;
+            scheduled.call((number as f64, cron, scheduled_time_ms))
         });
     }
 
@@ -604,8 +645,12 @@ fn load_worker(
         .iter()
         .map(|(binding, _)| binding.clone())
         .collect();
-    init.call::<_, ()>((exports, vars, spec.ai_binding.clone(), kv_bindings))
+    let has_scheduled: bool = init
+        .call((exports, vars, spec.ai_binding.clone(), kv_bindings))
         .map_err(|err| StartError(format!("{main}: {}", describe_error(ctx, err))))?;
+    state.borrow_mut().exports = ExportedHandlers {
+        scheduled: has_scheduled,
+    };
     Ok(Persistent::save(ctx, host))
 }
 

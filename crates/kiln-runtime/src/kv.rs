@@ -159,9 +159,9 @@ pub(crate) fn install<'js>(
                         op: op_name(&op),
                         message: format!("the worker has no KV namespace bound as {binding}"),
                     }),
-                    (Some(_), Err(error)) => Err(KvError::Type(format!(
-                        "invalid KV call arguments: {error}"
-                    ))),
+                    (Some(_), Err(error)) => {
+                        Err(KvError::Type(format!("invalid KV call arguments: {error}")))
+                    }
                 };
                 match result {
                     Ok(future) => {
@@ -226,7 +226,8 @@ pub(crate) fn settle<'js>(
                 KvError::Type(_) => "TypeError",
                 _ => "Error",
             };
-            let payload = json!({"name": name, "message": error.to_string(), "status": error.status()});
+            let payload =
+                json!({"name": name, "message": error.to_string(), "status": error.status()});
             (false, payload, None)
         }
     };

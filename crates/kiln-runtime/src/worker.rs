@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -161,6 +162,13 @@ pub struct Worker {
 struct WorkerInner {
     name: String,
     events: Mutex<mpsc::Sender<Event>>,
+    exports: ExportedHandlers,
+}
+
+/// The handlers that the main module's default export provides, besides `fetch`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ExportedHandlers {
+    pub scheduled: bool,
 }
 
 impl Drop for WorkerInner {
@@ -185,10 +193,11 @@ impl Worker {
             .spawn(move || isolate::run_thread(spec, services, sender, receiver, ready))
             .map_err(|err| StartError(format!("failed to start the isolate thread: {err}")))?;
         match started.recv() {
-            Ok(Ok(())) => Ok(Worker {
+            Ok(Ok(exports)) => Ok(Worker {
                 inner: Arc::new(WorkerInner {
                     name,
                     events: Mutex::new(events),
+                    exports,
                 }),
             }),
             Ok(Err(error)) => Err(error),
@@ -200,6 +209,11 @@ impl Worker {
 
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// Returns true when the default export has a `scheduled(controller, env, ctx)` method.
+    pub fn has_scheduled_handler(&self) -> bool {
+        self.inner.exports.scheduled
     }
 
     /// Sends a request to the worker and waits for the response head.
@@ -219,5 +233,70 @@ impl Worker {
                 "the isolate thread dropped the request".into(),
             ))
         })
+    }
+
+    /// Runs the default export's `scheduled` handler for the cron trigger `cron` due at
+    /// `scheduled_time`, under the same limits as a request. The event ends when the handler's
+    /// promise and every `ctx.waitUntil` promise settle. Logs the outcome and returns it.
+    pub async fn scheduled(
+        &self,
+        cron: &str,
+        scheduled_time: SystemTime,
+    ) -> Result<(), WorkerError> {
+        let event_id = format!("scheduled-{}", uuid::Uuid::new_v4());
+        let scheduled_time_ms = scheduled_time
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |since| since.as_millis() as f64);
+        let (reply, outcome) = oneshot::channel();
+        let event = Event::Scheduled {
+            id: event_id.clone(),
+            cron: cron.to_owned(),
+            scheduled_time_ms,
+            reply,
+        };
+        let sent = match self.inner.events.lock() {
+            Ok(events) => events.send(event).is_ok(),
+            Err(_) => false,
+        };
+        let result = if sent {
+            outcome.await.unwrap_or_else(|_| {
+                Err(WorkerError::Unavailable(
+                    "the isolate thread dropped the scheduled event".into(),
+                ))
+            })
+        } else {
+            Err(WorkerError::Unavailable(
+                "the isolate thread has stopped".into(),
+            ))
+        };
+        match &result {
+            Ok(()) => tracing::info!(
+                worker = %self.inner.name,
+                event_id = %event_id,
+                cron = %cron,
+                outcome = "ok",
+                "scheduled event finished"
+            ),
+            Err(error) => tracing::error!(
+                worker = %self.inner.name,
+                event_id = %event_id,
+                cron = %cron,
+                outcome = scheduled_outcome(error),
+                error = %error,
+                "scheduled event failed"
+            ),
+        }
+        result
+    }
+}
+
+/// Names a failed scheduled event's outcome with the `outcome` values of the hosted platform's
+/// Tail Worker events.
+fn scheduled_outcome(error: &WorkerError) -> &'static str {
+    match error {
+        WorkerError::Exception { .. } | WorkerError::LimitExceeded(Limit::Stack) => "exception",
+        WorkerError::LimitExceeded(Limit::Cpu) => "exceededCpu",
+        WorkerError::LimitExceeded(Limit::Memory) => "exceededMemory",
+        WorkerError::Discarded(_) | WorkerError::Unavailable(_) => "canceled",
     }
 }
