@@ -226,6 +226,17 @@ mod tests {
                 "2026-12-04T00:00:00Z",
                 "2026-12-31T23:59:00+00:00",
             ),
+            (
+                "59 23 LW * *",
+                "2026-12-04T00:00:00Z",
+                "2026-12-31T23:59:00+00:00",
+            ),
+            // 14 February 2027 is a Sunday, so the nearest weekday is Monday the 15th.
+            (
+                "0 9 14W 2 *",
+                "2026-12-04T00:00:00Z",
+                "2027-02-15T09:00:00+00:00",
+            ),
         ];
         for (expression, after, expected) in cases {
             assert_eq!(
