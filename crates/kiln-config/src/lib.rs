@@ -10,12 +10,15 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod cron;
 mod dev_vars;
 mod wrangler;
 
+pub use cron::CronTrigger;
 pub use dev_vars::{load_dev_vars, parse_dev_vars, DevVarsError, DEV_VARS_FILE};
 pub use wrangler::{
-    AiBindingConfig, KvNamespaceConfig, WorkerConfig, WorkerLimits, WORKER_CONFIG_FILES,
+    AiBindingConfig, KvNamespaceConfig, TriggersConfig, WorkerConfig, WorkerLimits,
+    WORKER_CONFIG_FILES,
 };
 
 /// Address a node listens on when neither the config nor `--listen` sets one.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::ConfigError;
+use crate::{ConfigError, CronTrigger};
 
 /// File names searched in a worker folder, in order.
 pub const WORKER_CONFIG_FILES: [&str; 2] = ["wrangler.toml", "kiln.toml"];
@@ -34,6 +34,17 @@ pub struct WorkerConfig {
     /// `[[kv_namespaces]]`: KV namespaces on `env`.
     #[serde(default)]
     pub kv_namespaces: Vec<KvNamespaceConfig>,
+    /// `[triggers]`: events that start the worker other than HTTP requests.
+    #[serde(default)]
+    pub triggers: TriggersConfig,
+}
+
+/// `[triggers]` of a worker.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct TriggersConfig {
+    /// Cron expressions (UTC) at which the worker's `scheduled` handler runs.
+    #[serde(default)]
+    pub crons: Vec<String>,
 }
 
 /// One `[[kv_namespaces]]` entry.
@@ -144,7 +155,19 @@ impl WorkerConfig {
         if self.limits.cpu_ms == Some(0) {
             return Err("limits.cpu_ms must be at least 1".into());
         }
+        self.cron_triggers()?;
         Ok(())
+    }
+
+    /// Parses `[triggers] crons`. The error names the invalid expression and its field.
+    pub fn cron_triggers(&self) -> Result<Vec<CronTrigger>, String> {
+        self.triggers
+            .crons
+            .iter()
+            .map(|expression| {
+                CronTrigger::parse(expression).map_err(|error| format!("[triggers] crons: {error}"))
+            })
+            .collect()
     }
 
     /// `[vars]` as JSON values, as they appear on `env`.
@@ -262,5 +285,27 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.contains("used twice"), "{error}");
+    }
+
+    #[test]
+    fn triggers_crons_parse() {
+        let config = WorkerConfig::parse(
+            "name = \"a\"\nmain = \"i.js\"\n[triggers]\ncrons = [\"*/5 * * * *\", \"0 9 * * MON\"]",
+        )
+        .expect("config parses");
+        let triggers = config.cron_triggers().expect("crons parse");
+        let expressions: Vec<&str> = triggers.iter().map(CronTrigger::expression).collect();
+        assert_eq!(expressions, ["*/5 * * * *", "0 9 * * MON"]);
+    }
+
+    #[test]
+    fn invalid_cron_fails_the_load() {
+        let error = WorkerConfig::parse(
+            "name = \"a\"\nmain = \"i.js\"\n[triggers]\ncrons = [\"* * * * *\", \"0 25 * * *\"]",
+        )
+        .unwrap_err();
+        assert!(error.contains("[triggers] crons"), "{error}");
+        assert!(error.contains("\"0 25 * * *\""), "{error}");
+        assert!(error.contains("hour field \"25\""), "{error}");
     }
 }

@@ -19,7 +19,7 @@ use crate::binding::{AiError, AiOutput};
 use crate::isolate::Event;
 use crate::modules::SourceMaps;
 use crate::outbound::OutboundPolicy;
-use crate::worker::{Limit, ResponseBody, Services, WorkerError, WorkerResponse};
+use crate::worker::{ExportedHandlers, Limit, ResponseBody, Services, WorkerError, WorkerResponse};
 
 /// Destination of a request's response.
 pub(crate) enum Reply {
@@ -27,6 +27,16 @@ pub(crate) enum Reply {
     Waiting(oneshot::Sender<Result<WorkerResponse, WorkerError>>),
     /// The head is sent and the body streams through this channel.
     Streaming(tokio::sync::mpsc::UnboundedSender<Result<Bytes, String>>),
+    /// A scheduled event that has not finished yet.
+    Scheduled(oneshot::Sender<Result<(), WorkerError>>),
+}
+
+impl Reply {
+    /// Returns true until the request's response head is sent or the scheduled event ends:
+    /// the span that the wall-time limit and client cancellation cover.
+    pub fn is_pending(&self) -> bool {
+        matches!(self, Reply::Waiting(_) | Reply::Scheduled(_))
+    }
 }
 
 /// An AI result stream being forwarded into the isolate.
@@ -77,6 +87,8 @@ pub(crate) struct HostState {
     pub breach: Option<(Option<u64>, Limit)>,
     /// Maps stack positions in stripped TypeScript back to the source files.
     pub source_maps: SourceMaps,
+    /// Handlers of the default export, recorded when the main module loads.
+    pub exports: ExportedHandlers,
 }
 
 /// The outbound side of an isolate: its subrequest limit and the policy of its fetches.
@@ -119,6 +131,7 @@ impl HostState {
             next_stream: 1,
             breach: None,
             source_maps,
+            exports: ExportedHandlers::default(),
         }
     }
 
@@ -225,6 +238,9 @@ impl HostState {
             (Some(Reply::Streaming(sender)), Some(error)) => {
                 let _ = sender.send(Err(error.to_string()));
             }
+            (Some(Reply::Scheduled(sender)), Some(error)) => {
+                let _ = sender.send(Err(error));
+            }
             _ => {}
         }
         let owned = Some(request);
@@ -312,6 +328,9 @@ impl HostState {
                 Reply::Streaming(sender) => {
                     let _ = sender.send(Err(error.to_string()));
                 }
+                Reply::Scheduled(sender) => {
+                    let _ = sender.send(Err(error));
+                }
             }
         }
         for (_, stream) in self.streams.drain() {
@@ -366,6 +385,7 @@ pub(crate) fn native_object<'js>(
     crate::kv::install(ctx, &native, state)?;
     crate::fetch::install(ctx, &native, state)?;
     install_responses(ctx, &native, state)?;
+    install_scheduled(ctx, &native, state)?;
     Ok(native)
 }
 
@@ -762,9 +782,31 @@ fn install_responses<'js>(
                     Some(Reply::Streaming(sender)) => {
                         let _ = sender.send(Err(error.to_string()));
                     }
+                    Some(Reply::Scheduled(sender)) => {
+                        let _ = sender.send(Err(error));
+                    }
                     None => {}
                 }
             },
         )?,
+    )
+}
+
+/// Installs `native.scheduledDone(id)`, which ends a scheduled event whose handler and
+/// `waitUntil` promises all fulfilled. A failed event ends through `native.fail` instead.
+fn install_scheduled<'js>(
+    ctx: &Ctx<'js>,
+    native: &Object<'js>,
+    state: &SharedState,
+) -> rquickjs::Result<()> {
+    let done_state = Rc::clone(state);
+    native.set(
+        "scheduledDone",
+        Function::new(ctx.clone(), move |id: f64| {
+            let reply = done_state.borrow_mut().replies.remove(&(id as u64));
+            if let Some(Reply::Scheduled(sender)) = reply {
+                let _ = sender.send(Ok(()));
+            }
+        })?,
     )
 }

@@ -25,7 +25,8 @@ use crate::host::{self, AiSettlement, HostState, Reply, SharedState};
 use crate::kv::KvReply;
 use crate::modules::{SourceMaps, WorkerLoader, WorkerResolver};
 use crate::worker::{
-    Limit, Limits, Services, StartError, WorkerError, WorkerRequest, WorkerResponse, WorkerSpec,
+    ExportedHandlers, Limit, Limits, Services, StartError, WorkerError, WorkerRequest,
+    WorkerResponse, WorkerSpec,
 };
 
 const PRELUDE: &str = include_str!("js/prelude.js");
@@ -41,6 +42,17 @@ pub(crate) enum Event {
     /// The client went away before the response head: stop the request's work.
     Cancel {
         number: u64,
+    },
+    /// A cron trigger fired: run the default export's `scheduled` handler.
+    Scheduled {
+        /// The event's key, unique across the worker's isolates.
+        number: u64,
+        /// Event id shown in log lines.
+        id: String,
+        cron: String,
+        /// `controller.scheduledTime`, in milliseconds since the Unix epoch.
+        scheduled_time_ms: f64,
+        reply: oneshot::Sender<Result<(), WorkerError>>,
     },
     AiDone {
         generation: u64,
@@ -126,12 +138,12 @@ pub(crate) fn run_thread(
     services: Services,
     events: mpsc::Sender<Event>,
     receiver: mpsc::Receiver<Event>,
-    ready: mpsc::Sender<Result<(), StartError>>,
+    ready: mpsc::Sender<Result<ExportedHandlers, StartError>>,
 ) {
     let mut generation = 0;
     let mut isolate = match Isolate::build(&spec, &services, &events, generation) {
         Ok(isolate) => {
-            let _ = ready.send(Ok(()));
+            let _ = ready.send(Ok(isolate.state.borrow().exports));
             isolate
         }
         Err(error) => {
@@ -172,6 +184,9 @@ fn reject_until_shutdown(receiver: &mpsc::Receiver<Event>, reason: &str) {
     while let Ok(event) = receiver.recv() {
         match event {
             Event::Fetch { reply, .. } => {
+                let _ = reply.send(Err(WorkerError::Unavailable(reason.to_owned())));
+            }
+            Event::Scheduled { reply, .. } => {
                 let _ = reply.send(Err(WorkerError::Unavailable(reason.to_owned())));
             }
             Event::Shutdown => return,
@@ -334,10 +349,12 @@ impl Isolate {
                 reply,
             } => self.handle_fetch(number, request, reply),
             Event::Cancel { number } => {
-                let waiting = matches!(
-                    self.state.borrow().replies.get(&number),
-                    Some(Reply::Waiting(_))
-                );
+                let waiting = self
+                    .state
+                    .borrow()
+                    .replies
+                    .get(&number)
+                    .is_some_and(Reply::is_pending);
                 if waiting {
                     let mut state = self.state.borrow_mut();
                     tracing::info!(
@@ -349,6 +366,13 @@ impl Isolate {
                     state.cancel(number, None);
                 }
             }
+            Event::Scheduled {
+                number,
+                id,
+                cron,
+                scheduled_time_ms,
+                reply,
+            } => self.handle_scheduled(number, id, cron, scheduled_time_ms, reply),
             Event::AiDone {
                 generation,
                 call,
@@ -480,6 +504,29 @@ impl Isolate {
         });
     }
 
+    /// Starts a scheduled event. It is tracked as a request, so it gets the same CPU budget
+    /// and fails the same way when the isolate is discarded.
+    fn handle_scheduled(
+        &mut self,
+        number: u64,
+        id: String,
+        cron: String,
+        scheduled_time_ms: f64,
+        reply: oneshot::Sender<Result<(), WorkerError>>,
+    ) {
+        {
+            let mut state = self.state.borrow_mut();
+            state.request_ids.insert(number, id);
+            state.replies.insert(number, Reply::Scheduled(reply));
+            let deadline = Instant::now() + Duration::from_millis(self.limits.wall_ms);
+            state.arm_wall_deadline(number, deadline);
+        }
+        self.turn(Some(number), |_, host| {
+            let scheduled: Function = host.get("scheduled")?;
+            scheduled.call((number as f64, cron, scheduled_time_ms))
+        });
+    }
+
     /// Runs one turn for `owner`: the call into JavaScript, then the microtask queue, under the
     /// CPU time the request has left.
     fn turn<F>(&mut self, owner: Option<u64>, call: F)
@@ -535,7 +582,7 @@ impl Isolate {
         let mut state = self.state.borrow_mut();
         state.current = None;
         if let Some(number) = owner {
-            if !matches!(state.replies.get(&number), Some(Reply::Waiting(_))) {
+            if !state.replies.get(&number).is_some_and(Reply::is_pending) {
                 state.disarm_wall_deadline(number);
             }
             if state.replies.contains_key(&number) {
@@ -628,7 +675,7 @@ impl Isolate {
         let now = Instant::now();
         let mut state = self.state.borrow_mut();
         while let Some(number) = state.pop_expired_request(now) {
-            if !matches!(state.replies.get(&number), Some(Reply::Waiting(_))) {
+            if !state.replies.get(&number).is_some_and(Reply::is_pending) {
                 continue;
             }
             tracing::error!(
@@ -762,8 +809,12 @@ fn load_worker(
         .iter()
         .map(|(binding, _)| binding.clone())
         .collect();
-    init.call::<_, ()>((exports, vars, spec.ai_binding.clone(), kv_bindings))
+    let has_scheduled: bool = init
+        .call((exports, vars, spec.ai_binding.clone(), kv_bindings))
         .map_err(|err| StartError(format!("{main}: {}", describe_error(ctx, err))))?;
+    state.borrow_mut().exports = ExportedHandlers {
+        scheduled: has_scheduled,
+    };
     Ok(Persistent::save(ctx, host))
 }
 

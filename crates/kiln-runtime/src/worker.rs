@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -177,14 +178,11 @@ impl WorkerError {
     /// it (`exception`, `exceededCpu`, …).
     pub fn outcome(&self) -> &'static str {
         match self {
-            WorkerError::Exception { .. } => "exception",
-            WorkerError::LimitExceeded(limit) | WorkerError::Discarded(limit) => match limit {
-                Limit::Cpu => "exceededCpu",
-                Limit::Wall => "exceededWall",
-                Limit::Memory => "exceededMemory",
-                Limit::Stack => "exceededStack",
-            },
-            WorkerError::Unavailable(_) => "unavailable",
+            WorkerError::Exception { .. } | WorkerError::LimitExceeded(Limit::Stack) => "exception",
+            WorkerError::LimitExceeded(Limit::Cpu) => "exceededCpu",
+            WorkerError::LimitExceeded(Limit::Memory) => "exceededMemory",
+            WorkerError::LimitExceeded(Limit::Wall) => "exceededWall",
+            WorkerError::Discarded(_) | WorkerError::Unavailable(_) => "canceled",
         }
     }
 
@@ -219,6 +217,14 @@ struct WorkerInner {
     growing: Mutex<()>,
     /// Numbers requests across the pool; the isolates use it as the request's key.
     next_request: AtomicU64,
+    /// The handlers that the main module's default export provides, besides `fetch`.
+    exports: ExportedHandlers,
+}
+
+/// The handlers that the main module's default export provides, besides `fetch`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ExportedHandlers {
+    pub scheduled: bool,
 }
 
 /// One isolate thread of the pool.
@@ -239,7 +245,10 @@ impl Drop for IsolateHandle {
 
 impl IsolateHandle {
     /// Starts an isolate thread and waits until the worker's modules have loaded in it.
-    fn start(spec: &WorkerSpec, services: &Services) -> Result<IsolateHandle, StartError> {
+    fn start(
+        spec: &WorkerSpec,
+        services: &Services,
+    ) -> Result<(IsolateHandle, ExportedHandlers), StartError> {
         let (events, receiver) = mpsc::channel();
         let (ready, started) = mpsc::channel();
         let sender = events.clone();
@@ -251,14 +260,15 @@ impl IsolateHandle {
             .spawn(move || isolate::run_thread(thread_spec, services, sender, receiver, ready))
             .map_err(|err| StartError(format!("failed to start the isolate thread: {err}")))?;
         match started.recv() {
-            Ok(Ok(())) => {
+            Ok(Ok(exports)) => {
                 let alive = metrics::gauge!("kiln_worker_isolates", "worker" => spec.name.clone());
                 alive.increment(1);
-                Ok(IsolateHandle {
+                let isolate = IsolateHandle {
                     events,
                     alive,
                     in_flight: AtomicUsize::new(0),
-                })
+                };
+                Ok((isolate, exports))
             }
             Ok(Err(error)) => Err(error),
             Err(_) => Err(StartError(
@@ -298,7 +308,7 @@ impl Worker {
     /// Starts the worker's first isolate and waits until its modules have loaded. Blocks the
     /// calling thread while the modules compile: call it from a blocking context.
     pub fn start(spec: WorkerSpec, services: Services) -> Result<Worker, StartError> {
-        let first = IsolateHandle::start(&spec, &services)?;
+        let (first, exports) = IsolateHandle::start(&spec, &services)?;
         Ok(Worker {
             inner: Arc::new(WorkerInner {
                 spec,
@@ -306,6 +316,7 @@ impl Worker {
                 isolates: RwLock::new(vec![Arc::new(first)]),
                 growing: Mutex::new(()),
                 next_request: AtomicU64::new(1),
+                exports,
             }),
         })
     }
@@ -317,6 +328,11 @@ impl Worker {
     /// Number of isolates in the pool now.
     pub fn isolates(&self) -> usize {
         self.inner.isolates.read().map_or(0, |pool| pool.len())
+    }
+
+    /// Returns true when the default export has a `scheduled(controller, env, ctx)` method.
+    pub fn has_scheduled_handler(&self) -> bool {
+        self.inner.exports.scheduled
     }
 
     /// Sends a request to the worker and waits for the response head. Dropping the returned
@@ -346,6 +362,64 @@ impl Worker {
             ))
         });
         in_flight.answered = true;
+        result
+    }
+
+    /// Runs the default export's `scheduled` handler for the cron trigger `cron` due at
+    /// `scheduled_time`, under the same limits as a request. The event ends when the handler's
+    /// promise and every `ctx.waitUntil` promise settle. Logs the outcome and returns it.
+    pub async fn scheduled(
+        &self,
+        cron: &str,
+        scheduled_time: SystemTime,
+    ) -> Result<(), WorkerError> {
+        let event_id = format!("scheduled-{}", uuid::Uuid::new_v4());
+        let scheduled_time_ms = scheduled_time
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |since| since.as_millis() as f64);
+        let isolate = self.claim_isolate().await;
+        let (reply, outcome) = oneshot::channel();
+        let mut in_flight = InFlight {
+            number: self.inner.next_request.fetch_add(1, Ordering::Relaxed),
+            isolate,
+            answered: false,
+        };
+        let event = Event::Scheduled {
+            number: in_flight.number,
+            id: event_id.clone(),
+            cron: cron.to_owned(),
+            scheduled_time_ms,
+            reply,
+        };
+        let result = if in_flight.isolate.events.send(event).is_ok() {
+            outcome.await.unwrap_or_else(|_| {
+                Err(WorkerError::Unavailable(
+                    "the isolate thread dropped the scheduled event".into(),
+                ))
+            })
+        } else {
+            Err(WorkerError::Unavailable(
+                "the isolate thread has stopped".into(),
+            ))
+        };
+        in_flight.answered = true;
+        match &result {
+            Ok(()) => tracing::info!(
+                worker = %self.name(),
+                event_id = %event_id,
+                cron = %cron,
+                outcome = "ok",
+                "scheduled event finished"
+            ),
+            Err(error) => tracing::error!(
+                worker = %self.name(),
+                event_id = %event_id,
+                cron = %cron,
+                outcome = error.outcome(),
+                error = %error,
+                "scheduled event failed"
+            ),
+        }
         result
     }
 
@@ -401,7 +475,7 @@ impl WorkerInner {
         }
         let started = std::time::Instant::now();
         match IsolateHandle::start(&self.spec, &self.services) {
-            Ok(isolate) => {
+            Ok((isolate, _)) => {
                 isolate.in_flight.store(1, Ordering::Release);
                 let isolate = Arc::new(isolate);
                 let mut pool = self.isolates.write().unwrap_or_else(|err| err.into_inner());

@@ -40,7 +40,9 @@ pub use admin::{put_all, BulkPair, EXPIRATION_HEADER, METADATA_HEADER};
 pub use errors::ApiError;
 pub use metrics::{install as install_metrics, Readiness};
 pub use tokens::{Scope, TokenStore};
-pub use worker::{serve_worker, worker_router, InferenceAi, WorkerSlot, WorkerState};
+pub use worker::{
+    serve_worker, worker_router, InferenceAi, WorkerSlot, WorkerState, SCHEDULED_TEST_PATH,
+};
 
 /// Response header naming the installed model that really ran, after alias resolution.
 pub const MODEL_HEADER: &str = "x-kiln-model";

@@ -1,10 +1,11 @@
 //! Requests served by a JavaScript worker, and the `env.AI` binding over the inference service.
 
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use futures::future::BoxFuture;
@@ -13,6 +14,7 @@ use kiln_inference::{sse_event, InferenceService, Output, StreamItem, SSE_DONE};
 use kiln_runtime::{
     AiBinding, AiError, AiOutput, ResponseBody, Worker, WorkerError, WorkerRequest,
 };
+use serde::Deserialize;
 use serde_json::{json, Value};
 use tower_http::catch_panic::CatchPanicLayer;
 
@@ -42,7 +44,8 @@ impl WorkerSlot {
         }
     }
 
-    fn get(&self) -> Result<Worker, String> {
+    /// Returns the worker that serves requests now, or the load error that requests get.
+    pub fn get(&self) -> Result<Worker, String> {
         match self.current.read() {
             Ok(current) => match current.as_ref() {
                 Some(Ok(worker)) => Ok(worker.clone()),
@@ -65,6 +68,9 @@ pub struct WorkerState {
     pub country_header: Option<String>,
     /// Send exception messages and stacks to the client, as a development server does.
     pub expose_errors: bool,
+    /// Serve `/__scheduled?cron=EXPR` by running the worker's scheduled handler once, as
+    /// `wrangler dev --test-scheduled` does. When false, that path goes to the worker's fetch.
+    pub test_scheduled: bool,
 }
 
 /// Builds a router that sends every path and method to the worker in `state.slot`.
@@ -91,6 +97,9 @@ async fn handle(State(state): State<Arc<WorkerState>>, request: Request) -> Resp
         Ok(worker) => worker,
         Err(error) => return plain(StatusCode::INTERNAL_SERVER_ERROR, error),
     };
+    if state.test_scheduled && request.uri().path() == SCHEDULED_TEST_PATH {
+        return run_scheduled_test(&state, &worker, request.uri()).await;
+    }
     let (parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, state.max_body_bytes).await {
         Ok(body) => body,
@@ -182,6 +191,50 @@ impl Drop for Outcome {
         if !self.recorded {
             // 499 is the status that nginx logs for a client that closed the connection.
             self.record("canceled", "499".into());
+        }
+    }
+}
+
+/// Path that runs the scheduled handler when [`WorkerState::test_scheduled`] is set.
+pub const SCHEDULED_TEST_PATH: &str = "/__scheduled";
+
+/// Query of [`SCHEDULED_TEST_PATH`].
+#[derive(Deserialize)]
+struct ScheduledTestQuery {
+    /// `controller.cron`, which is empty when the query has none, as in Wrangler.
+    #[serde(default)]
+    cron: String,
+    /// `controller.scheduledTime` in milliseconds since the Unix epoch. Default: now.
+    #[serde(default)]
+    time: Option<u64>,
+}
+
+/// Runs the worker's scheduled handler once for `/__scheduled?cron=EXPR[&time=MS]`. Returns
+/// 200 when the event succeeded, else 500 with the error.
+async fn run_scheduled_test(state: &WorkerState, worker: &Worker, uri: &Uri) -> Response {
+    let query = match Query::<ScheduledTestQuery>::try_from_uri(uri) {
+        Ok(Query(query)) => query,
+        Err(error) => {
+            tracing::warn!(error = %error, "invalid {SCHEDULED_TEST_PATH} query");
+            return plain(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "invalid {SCHEDULED_TEST_PATH} query: {error}. Pass cron=EXPR and, \
+                     optionally, time=MS (milliseconds since the Unix epoch)"
+                ),
+            );
+        }
+    };
+    let scheduled_time = query
+        .time
+        .map_or_else(SystemTime::now, |ms| UNIX_EPOCH + Duration::from_millis(ms));
+    match worker.scheduled(&query.cron, scheduled_time).await {
+        Ok(()) => plain(StatusCode::OK, "Ran scheduled event".to_owned()),
+        Err(error) => {
+            let response = worker_error(state, &error);
+            let (mut parts, body) = response.into_parts();
+            parts.status = StatusCode::INTERNAL_SERVER_ERROR;
+            Response::from_parts(parts, body)
         }
     }
 }

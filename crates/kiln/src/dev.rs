@@ -1,5 +1,5 @@
-//! `kiln dev DIR`: serve one worker folder on every path with the installed models, and reload
-//! it when its files change.
+//! `kiln dev DIR`: serve one worker folder on every path with the installed models, reload it
+//! when its files change, and run its scheduled handler when a cron trigger is due.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use kiln_config::{LogFormat, NodeConfig, WorkerConfig};
+use kiln_config::{CronTrigger, LogFormat, NodeConfig, WorkerConfig};
 use kiln_inference::InferenceService;
 use kiln_models::ModelStore;
 use kiln_runtime::{Limits, OutboundPolicy, Services, Worker, WorkerSpec};
-use kiln_server::{InferenceAi, WorkerSlot, WorkerState};
+use kiln_server::{InferenceAi, WorkerSlot, WorkerState, SCHEDULED_TEST_PATH};
+use tokio::sync::watch;
 
 use crate::NodePaths;
 
@@ -36,6 +37,10 @@ pub struct DevArgs {
     /// Log format: pretty (default) or json (one object per line).
     #[arg(long, value_name = "FORMAT", value_parser = crate::serve::parse_log_format)]
     log_format: Option<LogFormat>,
+    /// Serve GET /__scheduled?cron=EXPR, which runs the worker's scheduled handler once, as
+    /// `wrangler dev --test-scheduled` does. Without this flag the path goes to fetch.
+    #[arg(long)]
+    test_scheduled: bool,
 }
 
 pub fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -54,16 +59,30 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     let models_dir = args.paths.models_dir(&config)?;
     let data_dir = crate::serve::data_dir(args.data_dir, &config)?;
     let store = crate::serve::open_store(&models_dir)?;
-    crate::serve::async_runtime()?.block_on(serve(config, store, dir, data_dir, listen))
+    let options = ServeOptions {
+        dir,
+        data_dir,
+        listen,
+        test_scheduled: args.test_scheduled,
+    };
+    crate::serve::async_runtime()?.block_on(serve(config, store, options))
 }
 
-async fn serve(
-    config: NodeConfig,
-    store: ModelStore,
+/// Command-line options of `kiln dev` that the server needs.
+struct ServeOptions {
     dir: PathBuf,
     data_dir: PathBuf,
     listen: SocketAddr,
-) -> anyhow::Result<()> {
+    test_scheduled: bool,
+}
+
+async fn serve(config: NodeConfig, store: ModelStore, options: ServeOptions) -> anyhow::Result<()> {
+    let ServeOptions {
+        dir,
+        data_dir,
+        listen,
+        test_scheduled,
+    } = options;
     let inference = Arc::new(InferenceService::new(
         store,
         crate::serve::service_options(&config),
@@ -85,6 +104,7 @@ async fn serve(
         colo: config.workers.colo.clone(),
         country_header: config.workers.country_header.clone(),
         expose_errors: true,
+        test_scheduled,
     });
 
     let listener = tokio::net::TcpListener::bind(listen)
@@ -92,12 +112,14 @@ async fn serve(
         .with_context(|| format!("failed to listen on {listen}"))?;
     let address = listener.local_addr()?;
 
+    let (crons, cron_updates) = watch::channel(Vec::new());
     let loader = Loader {
         dir: dir.clone(),
         config: config.clone(),
         services,
         outbound: Arc::new(outbound),
-        slot,
+        slot: Arc::clone(&slot),
+        crons: Arc::new(crons),
     };
     let first = tokio::task::spawn_blocking({
         let loader = loader.clone();
@@ -112,12 +134,18 @@ async fn serve(
         .name("kiln-dev-watch".into())
         .spawn(move || watch(loader))
         .context("failed to start the file watcher")?;
+    tokio::spawn(fire_cron_triggers(slot, cron_updates));
 
     tracing::info!(
         address = %address,
         dir = %dir.display(),
         "kiln dev listening on http://{address}"
     );
+    if test_scheduled {
+        tracing::info!(
+            "run the scheduled handler with http://{address}{SCHEDULED_TEST_PATH}?cron=EXPR"
+        );
+    }
     kiln_server::serve_worker(
         listener,
         state,
@@ -138,6 +166,8 @@ struct Loader {
     services: Services,
     outbound: Arc<OutboundPolicy>,
     slot: Arc<WorkerSlot>,
+    /// Cron triggers of the version in the slot, read by [`fire_cron_triggers`].
+    crons: Arc<watch::Sender<Vec<CronTrigger>>>,
 }
 
 impl Loader {
@@ -146,14 +176,30 @@ impl Loader {
     fn load(&self) -> Result<(), ()> {
         let started = Instant::now();
         match self.start_worker() {
-            Ok((worker, secret_names)) => {
+            Ok(LoadedWorker {
+                worker,
+                secret_names,
+                crons,
+            }) => {
+                let expressions: Vec<&str> = crons.iter().map(CronTrigger::expression).collect();
                 tracing::info!(
                     worker = %worker.name(),
                     ms = started.elapsed().as_secs_f64() * 1000.0,
                     secrets = %secret_names.join(","),
+                    crons = ?expressions,
                     "worker loaded"
                 );
+                if !crons.is_empty() && !worker.has_scheduled_handler() {
+                    tracing::warn!(
+                        worker = %worker.name(),
+                        crons = ?expressions,
+                        "the worker declares [triggers] crons, but its default export has no \
+                         scheduled(controller, env, ctx) method: each trigger will fail until \
+                         you add one"
+                    );
+                }
                 self.slot.set(worker);
+                self.crons.send_replace(crons);
                 Ok(())
             }
             Err(error) => {
@@ -165,9 +211,12 @@ impl Loader {
         }
     }
 
-    /// Starts the folder's worker and returns it with the names of its secrets.
-    fn start_worker(&self) -> anyhow::Result<(Worker, Vec<String>)> {
-        let (_, worker) = WorkerConfig::load_dir(&self.dir)?;
+    /// Starts the folder's worker.
+    fn start_worker(&self) -> anyhow::Result<LoadedWorker> {
+        let (path, worker) = WorkerConfig::load_dir(&self.dir)?;
+        let crons = worker
+            .cron_triggers()
+            .map_err(|message| anyhow::anyhow!("invalid {}: {message}", path.display()))?;
         // The error names the file and line but not the text, which may contain a secret.
         let secrets = kiln_config::load_dev_vars(&self.dir)?;
         let secret_names: Vec<String> = secrets.keys().cloned().collect();
@@ -205,7 +254,72 @@ impl Loader {
             max_isolates: workers.max_isolates(),
             outbound: Arc::clone(&self.outbound),
         };
-        Ok((Worker::start(spec, self.services.clone())?, secret_names))
+        Ok(LoadedWorker {
+            worker: Worker::start(spec, self.services.clone())?,
+            secret_names,
+            crons,
+        })
+    }
+}
+
+/// A worker version started from the folder, with what the loader logs and schedules.
+struct LoadedWorker {
+    worker: Worker,
+    /// Names of the `.dev.vars` secrets, for the log line (never their values).
+    secret_names: Vec<String>,
+    crons: Vec<CronTrigger>,
+}
+
+/// Runs the scheduled handler of the worker in `slot` each time one of its cron triggers is
+/// due (UTC). Each reload publishes its triggers on `crons`, so the timer picks up changed
+/// triggers without restarting. Events run concurrently, each to its end, on the version that
+/// was serving when they fired.
+async fn fire_cron_triggers(slot: Arc<WorkerSlot>, mut crons: watch::Receiver<Vec<CronTrigger>>) {
+    // Fire times are computed after the last one fired, so a wall clock that reads a little
+    // behind the timer when it wakes does not fire the same minute twice.
+    let mut last_fired = SystemTime::UNIX_EPOCH;
+    loop {
+        let triggers = crons.borrow_and_update().clone();
+        let after = SystemTime::now().max(last_fired);
+        let Some(due) = triggers
+            .iter()
+            .filter_map(|trigger| trigger.next_after(after))
+            .min()
+        else {
+            // No triggers: wait for a reload that brings some.
+            if crons.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let wait = due.duration_since(SystemTime::now()).unwrap_or_default();
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            changed = crons.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
+        }
+        last_fired = due;
+
+        let worker = match slot.get() {
+            Ok(worker) => worker,
+            Err(error) => {
+                tracing::warn!(error = %error, "cron trigger skipped because no worker is loaded");
+                continue;
+            }
+        };
+        for trigger in &triggers {
+            if trigger.next_after(after) != Some(due) {
+                continue;
+            }
+            let worker = worker.clone();
+            let cron = trigger.expression().to_owned();
+            // `Worker::scheduled` logs the outcome.
+            tokio::spawn(async move { worker.scheduled(&cron, due).await });
+        }
     }
 }
 

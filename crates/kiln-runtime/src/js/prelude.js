@@ -2138,15 +2138,21 @@ export default function installPrelude(native) {
   let handler = null;
   let env = null;
 
+  // Returns whether the default export has a scheduled handler, for the load warning.
   function init(exports, vars, aiBinding, kvBindings) {
     const candidate = exports.default;
-    if (!candidate || typeof candidate.fetch !== "function") {
-      throw new TypeError("the worker's main module has no default export with a fetch(request, env, ctx) method");
+    const hasFetch = typeof candidate?.fetch === "function";
+    const hasScheduled = typeof candidate?.scheduled === "function";
+    if (!hasFetch && !hasScheduled) {
+      throw new TypeError(
+        "the worker's main module has no default export with a fetch(request, env, ctx) or scheduled(controller, env, ctx) method",
+      );
     }
     handler = candidate;
     env = { ...JSON.parse(vars) };
     if (aiBinding) env[aiBinding] = new Ai();
     for (const binding of kvBindings) env[binding] = new KVNamespace(binding);
+    return hasScheduled;
   }
 
   function makeContext() {
@@ -2204,6 +2210,9 @@ export default function installPrelude(native) {
     request.headers._setGuard("immutable");
     let result;
     try {
+      if (typeof handler.fetch !== "function") {
+        throw new TypeError("the worker's default export has no fetch(request, env, ctx) method");
+      }
       result = Promise.resolve(handler.fetch(request, env, makeContext()));
     } catch (error) {
       result = Promise.reject(error);
@@ -2214,9 +2223,80 @@ export default function installPrelude(native) {
     );
   }
 
+  // ---------------------------------------------------------------------------------------
+  // Scheduled events (cron triggers)
+
+  class ScheduledController {
+    #cron;
+    #scheduledTime;
+    constructor(cron, scheduledTime) {
+      this.#cron = cron;
+      this.#scheduledTime = scheduledTime;
+    }
+    get cron() {
+      return this.#cron;
+    }
+    // Milliseconds since the Unix epoch.
+    get scheduledTime() {
+      return this.#scheduledTime;
+    }
+    // Kiln never retries a failed scheduled event, so there is no retry to turn off.
+    noRetry() {}
+  }
+
+  // Waits for every promise in `outcomes`, including ones appended while waiting, and returns
+  // the first failure ({ error }) or null. Each entry already catches its own rejection.
+  async function firstFailure(outcomes) {
+    let failure = null;
+    for (let index = 0; index < outcomes.length; index++) {
+      const outcome = await outcomes[index];
+      if (outcome === null) continue;
+      if (failure === null) failure = outcome;
+      else reportError(outcome.error);
+    }
+    return failure;
+  }
+
+  // Converts a promise into one that fulfills with null, or with { error } when it rejects.
+  function settled(promise) {
+    return Promise.resolve(promise).then(
+      () => null,
+      (error) => ({ error }),
+    );
+  }
+
+  // Runs the default export's scheduled(controller, env, ctx). The event ends when the
+  // handler's promise and every promise passed to ctx.waitUntil have settled. A rejection of
+  // any of them makes the outcome an exception, reported with the first error.
+  function handleScheduled(id, cron, scheduledTime) {
+    const outcomes = [];
+    const context = {
+      waitUntil(promise) {
+        outcomes.push(settled(promise));
+      },
+      passThroughOnException() {},
+      props: {},
+    };
+    let result;
+    try {
+      if (typeof handler.scheduled !== "function") {
+        throw new TypeError("the worker's default export has no scheduled(controller, env, ctx) method");
+      }
+      result = handler.scheduled(new ScheduledController(cron, scheduledTime), env, context);
+    } catch (error) {
+      result = Promise.reject(error);
+    }
+    outcomes.unshift(settled(result));
+    firstFailure(outcomes).then((failure) => {
+      if (failure === null) native.scheduledDone(id);
+      else failRequest(id, failure.error);
+    });
+  }
+
   return {
     init,
     fetch: handleFetch,
+    scheduled: handleScheduled,
     timer: fireTimer,
     aiDone: settleAi,
     kvDone: settleKv,

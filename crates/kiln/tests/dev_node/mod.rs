@@ -32,8 +32,13 @@ impl DevNode {
     /// Each model gets one llama.cpp thread and OpenMP threads sleep while idle, because the
     /// tests run several nodes at once and spinning threads on few cores slow every node down.
     pub fn start(dir: &Path, config: &str) -> DevNode {
+        Self::start_with_args(dir, config, &[])
+    }
+
+    /// Like [`DevNode::start`], with extra `kiln dev` arguments such as `--test-scheduled`.
+    pub fn start_with_args(dir: &Path, config: &str, args: &[&str]) -> DevNode {
         let home = tempfile::tempdir().expect("temp dir");
-        let mut node = Self::start_at(dir, config, home.path());
+        let mut node = Self::launch(dir, config, home.path(), args);
         node._home = Some(home);
         node
     }
@@ -41,6 +46,10 @@ impl DevNode {
     /// Like [`DevNode::start`], with `home` as KILN_HOME, so that its data (KV) outlives the
     /// process and a second node can start on it.
     pub fn start_at(dir: &Path, config: &str, home: &Path) -> DevNode {
+        Self::launch(dir, config, home, &[])
+    }
+
+    fn launch(dir: &Path, config: &str, home: &Path, args: &[&str]) -> DevNode {
         let config_path = home.join("kiln.toml");
         let config = if config.contains("[llama]") {
             config.to_owned()
@@ -54,6 +63,7 @@ impl DevNode {
             .arg(dir)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--log-format", "json"])
+            .args(args)
             .arg("--config")
             .arg(&config_path)
             .arg("--models-dir")
