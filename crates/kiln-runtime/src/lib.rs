@@ -10,6 +10,7 @@
 
 pub mod binding;
 mod bytecode;
+mod heap;
 mod host;
 mod isolate;
 mod kv;
