@@ -127,7 +127,7 @@ wait_ok() {
     fi
     sleep 0.05
   done
-  echo "error: $name did not answer 200 on 127.0.0.1:$port within 10 s; its log:" >&2
+  echo "error: $name did not respond with 200 on 127.0.0.1:$port within 10 s; its log:" >&2
   cat "$work/$name.log" >&2
   exit 1
 }

@@ -4,7 +4,7 @@ Starts COMMAND (everything after `--`) STARTS times. Each time, it sends GET / t
 127.0.0.1:PORT every 0.5 ms until a response with status 200 arrives, records the time since
 the process was spawned, then stops the process and waits for it to exit. Prints the times in
 milliseconds as a JSON list. The port must be free before each start, so that no other server
-can answer in place of the one being timed.
+can respond in place of the one being timed.
 """
 
 import argparse
@@ -25,7 +25,7 @@ def port_is_free(port):
 
 
 def get_status(port):
-    """Returns the status of GET /, or None when nothing answers yet."""
+    """Returns the status of GET /, or None while nothing listens or responds yet."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
         connection.request("GET", "/")

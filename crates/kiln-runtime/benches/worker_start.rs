@@ -109,7 +109,7 @@ impl Bench {
             .unwrap_or_else(|err| panic!("the worker failed to start: {err}"))
     }
 
-    /// Sends one GET request and checks that the worker answered 200 with a body.
+    /// Sends one GET request and checks that the response is a 200 with a body.
     fn request(&self, worker: &Worker) {
         let request = WorkerRequest {
             id: "bench".into(),
@@ -172,7 +172,7 @@ fn env_count(name: &str, default: usize, minimum: usize) -> usize {
     }
 }
 
-/// The process's resident set size (VmRSS in /proc/self/status), in bytes.
+/// Reads the process's resident set size (VmRSS in /proc/self/status), in bytes.
 fn resident_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
     let line = status
@@ -187,7 +187,7 @@ fn resident_bytes() -> u64 {
     kib * 1024
 }
 
-/// Nearest-rank percentile of sorted samples.
+/// Returns the nearest-rank percentile of sorted samples.
 fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
     let rank = (fraction * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]

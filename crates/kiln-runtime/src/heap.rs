@@ -3,12 +3,11 @@
 //!
 //! QuickJS's count (`JS_ComputeMemoryUsage`) walks every object, shape and atom of the heap: it
 //! took 13% of the CPU time of `kiln dev` serving a hello-world worker under wrk (perf, see the
-//! Workers section of docs/benchmarks.md). The allocator's count is
-//! an upper bound of QuickJS's `malloc_size`: QuickJS carves small blocks out of 4 KiB arenas
-//! that it takes from this allocator and counts a large block at the size this allocator
-//! reports for it, so it never counts more than the allocator holds. The one exception is 8
-//! bytes of bookkeeping per zero-size allocation, which [`HeapCounter::may_exceed`] covers
-//! with a margin.
+//! Workers section of docs/benchmarks.md). The allocator's count is an upper bound of QuickJS's
+//! `malloc_size`. QuickJS carves small blocks out of 4 KiB arenas that it takes from this
+//! allocator, and it counts a large block at the size this allocator reports for it. So it
+//! never counts more than the allocator contains, except for 8 bytes of bookkeeping per
+//! zero-size allocation, which [`HeapCounter::may_exceed`] covers with a margin.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -46,7 +45,7 @@ impl HeapCounter {
     }
 }
 
-/// The system allocator (`malloc`), counting what it holds in a [`HeapCounter`].
+/// The system allocator (`malloc`), counting its allocated bytes in a [`HeapCounter`].
 pub(crate) struct CountingAllocator {
     counter: HeapCounter,
 }
