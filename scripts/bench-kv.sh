@@ -6,8 +6,9 @@
 #   kiln embedded   `kiln dev` on 127.0.0.1 with `[kv] backend = "embedded"` (kv.redb in a
 #                   temporary data folder)
 #   kiln redis      `kiln dev` with `[kv] backend = "redis"` on the redis-server below
-#   workerd         workerd from the npm package pinned in bench/kv-worker/workerd-pin, with the
-#                   KV binding served by an in-memory store worker (bench/kv-worker/workerd)
+#   workerd         workerd as scripts/install-workerd.sh installs it (pinned in
+#                   bench/workerd-pin), with the KV binding served by an in-memory store worker
+#                   (bench/kv-worker/workerd)
 #   workerd disk    the same workerd process, with the KV binding served by a store in a
 #                   Durable Object whose SQLite file is in a temporary folder
 #   redis-benchmark `redis-benchmark -t get,set -d 100` against the same redis-server, with 50
@@ -36,7 +37,7 @@
 # Environment: KILN_BIN (default target/release/kiln), ROUNDS (5, at least 2), KEYS (1000),
 # LOOP_GETS (5000), LOOP_PUTS (1000), REQUESTS (2000), MAX_SECONDS (10), REDIS_REQUESTS (100000),
 # CARGO_TARGET_DIR (where to look for the crate's bench binary, default target), WORKERD_PREFIX
-# (where workerd is installed, default .bench/workerd).
+# (where scripts/install-workerd.sh installs workerd, default .bench/workerd).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -54,13 +55,6 @@ if ((rounds < 2)); then
 fi
 
 bench_dir=$root/bench/kv-worker
-pin_dir=$bench_dir/workerd-pin
-workerd_prefix=${WORKERD_PREFIX:-$root/.bench/workerd}
-workerd_version=1.20261123.1
-# SHA-512 of the linux-x64 binary package's tarball, as the lockfile records it. The script
-# checks the lockfile and the downloaded tarball against it, because npm ci skips an optional
-# package whose tarball fails the integrity check instead of failing.
-workerd_integrity="sha512-hQs6svgH3YxdgKw7K0IVZ/gmeW49/z4UEHcxpsQHEa6Y2ZabUQef7YCI/BVcaCoHHp8p3cE/cziU3qh9ALIICw=="
 
 for tool in "$kiln" redis-server redis-cli redis-benchmark npm python3 curl; do
   if ! command -v "$tool" >/dev/null; then
@@ -69,55 +63,10 @@ for tool in "$kiln" redis-server redis-cli redis-benchmark npm python3 curl; do
   fi
 done
 
-# Install workerd from the pinned lockfile unless the same version is already there.
-locked_integrity=$(python3 -c '
-import json, sys
-lock = json.load(open(sys.argv[1]))
-print(lock["packages"]["node_modules/@cloudflare/workerd-linux-64"]["integrity"])
-' "$pin_dir/package-lock.json")
-if [[ "$locked_integrity" != "$workerd_integrity" ]]; then
-  echo "error: $pin_dir/package-lock.json records $locked_integrity for" \
-    "@cloudflare/workerd-linux-64, expected $workerd_integrity" >&2
-  exit 1
-fi
-workerd=$workerd_prefix/node_modules/@cloudflare/workerd-linux-64/bin/workerd
-installed_version=$(python3 -c '
-import json, sys
-try:
-    print(json.load(open(sys.argv[1]))["version"])
-except FileNotFoundError:
-    print("none")
-' "$workerd_prefix/node_modules/@cloudflare/workerd-linux-64/package.json")
-if [[ "$installed_version" != "$workerd_version" || ! -x "$workerd" ]]; then
-  echo "installing workerd $workerd_version into $workerd_prefix" >&2
-  rm -rf "$workerd_prefix"
-  mkdir -p "$workerd_prefix"
-  cp "$pin_dir/package.json" "$pin_dir/package-lock.json" "$workerd_prefix/"
-  # The binary comes from the platform package, so the wrapper's postinstall is not needed.
-  npm ci --prefix "$workerd_prefix" --ignore-scripts --no-audit --no-fund >&2
-  if [[ ! -x "$workerd" ]]; then
-    echo "error: npm ci did not install $workerd; npm skips the optional" \
-      "@cloudflare/workerd-linux-64 when its tarball fails the lockfile's integrity check" >&2
-    exit 1
-  fi
-  # npm pack takes the tarball from npm's cache, which npm ci has just filled.
-  mkdir -p "$workerd_prefix/tarball"
-  npm pack "@cloudflare/workerd-linux-64@$workerd_version" \
-    --pack-destination "$workerd_prefix/tarball" --silent >/dev/null
-  tarball_integrity=$(python3 -c '
-import base64, glob, hashlib, sys
-(path,) = glob.glob(sys.argv[1] + "/*.tgz")
-digest = hashlib.sha512(open(path, "rb").read()).digest()
-print("sha512-" + base64.b64encode(digest).decode())
-' "$workerd_prefix/tarball")
-  if [[ "$tarball_integrity" != "$workerd_integrity" ]]; then
-    rm -rf "$workerd_prefix"
-    echo "error: the @cloudflare/workerd-linux-64 $workerd_version tarball has" \
-      "$tarball_integrity, expected $workerd_integrity; removed $workerd_prefix" >&2
-    exit 1
-  fi
-  echo "workerd tarball matches $workerd_integrity" >&2
-fi
+# Installs and checks the pinned workerd unless it is already there (scripts/install-workerd.sh).
+workerd=$("$root/scripts/install-workerd.sh")
+workerd_version=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' \
+  "$(dirname "$workerd")/../package.json")
 
 work=$(mktemp -d)
 pids=()

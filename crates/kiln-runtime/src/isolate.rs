@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 
 use crate::binding::{AiError, AiOutput};
 use crate::bytecode::{self, DeclareError};
+use crate::heap::{CountingAllocator, HeapCounter};
 use crate::host::{self, AiSettlement, HostState, Reply, SharedState};
 use crate::kv::KvReply;
 use crate::modules::{SourceMaps, WorkerLoader, WorkerResolver};
@@ -204,6 +205,8 @@ struct Isolate {
     budget: Rc<CpuBudget>,
     cpu_used: HashMap<u64, Duration>,
     limits: Limits,
+    /// Bytes that the runtime's allocator holds.
+    heap: HeapCounter,
     /// Promises rejected without a handler during the current turn.
     rejections: Rc<RefCell<Vec<Rejection>>>,
 }
@@ -234,7 +237,9 @@ impl Isolate {
             )));
         }
         let engine_error = |err: rquickjs::Error| StartError(format!("QuickJS failed: {err}"));
-        let runtime = Runtime::new().map_err(engine_error)?;
+        let heap = HeapCounter::default();
+        let runtime =
+            Runtime::new_with_alloc(CountingAllocator::new(heap.clone())).map_err(engine_error)?;
         runtime.set_memory_limit(spec.limits.memory_bytes);
         runtime.set_max_stack_size(spec.limits.stack_bytes);
         let budget = Rc::new(CpuBudget::default());
@@ -287,6 +292,7 @@ impl Isolate {
             budget,
             cpu_used: HashMap::new(),
             limits: spec.limits,
+            heap,
             rejections,
         };
         // Rejections left by the modules' top level are logged; no request owns them.
@@ -695,7 +701,12 @@ impl Isolate {
 
     /// True when the heap stays above 90% of the memory limit even after garbage collection.
     fn memory_exhausted(&self) -> bool {
-        let threshold = (self.limits.memory_bytes / 10 * 9) as i64;
+        let threshold = self.limits.memory_bytes / 10 * 9;
+        // QuickJS's count walks the whole heap, so it runs only near the threshold.
+        if !self.heap.may_exceed(threshold) {
+            return false;
+        }
+        let threshold = threshold as i64;
         if self.runtime.memory_usage().malloc_size < threshold {
             return false;
         }

@@ -1,10 +1,11 @@
 //! Kiln's worker runtime: module workers (`export default { fetch(request, env, ctx) }`) in
 //! QuickJS isolates, with the Web APIs that AI workers use and the `env.AI` binding.
 //!
-//! Each [`Worker`] is one isolate on its own thread. The thread drives the isolate's event
-//! loop itself, so JavaScript never runs on the async runtime, and it enforces the worker's
-//! [`Limits`]: CPU time per request, heap size and stack depth. A request that breaks one fails
-//! with [`WorkerError::LimitExceeded`] and the isolate is rebuilt.
+//! Each [`Worker`] is a small pool of isolates, each on its own thread. The thread drives its
+//! isolate's event loop itself, so JavaScript never runs on the async runtime, and it enforces
+//! the worker's [`Limits`]: CPU time, wall time and subrequests per request, heap size and stack
+//! depth. A request that breaks one fails with [`WorkerError::LimitExceeded`], and after a CPU,
+//! memory or stack breach the isolate is rebuilt.
 //!
 //! The runtime reaches node services only through the traits in [`binding`].
 
@@ -12,6 +13,7 @@ pub mod binding;
 mod bytecode;
 pub mod commonjs;
 mod fetch;
+mod heap;
 mod host;
 mod isolate;
 mod kv;

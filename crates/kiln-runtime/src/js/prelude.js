@@ -1317,13 +1317,32 @@ export default function installPrelude(native) {
   }
   define("URL", URL);
 
+  // Returns `new URL(url).href` without building the URL and its URLSearchParams.
+  function serializeUrl(url) {
+    const parts = native.parseUrl(url, undefined);
+    if (parts == null) throw new TypeError(`Invalid URL: ${url}`);
+    return JSON.parse(parts).href;
+  }
+
   // ---------------------------------------------------------------------------------------
   // Headers
 
   const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+  const INVALID_VALUE = /[\0\r\n]/;
 
+  function isHttpWhitespace(code) {
+    return code === 0x20 || code === 0x09 || code === 0x0a || code === 0x0d;
+  }
+
+  // Strips leading and trailing HTTP whitespace. A loop, because the equivalent regular
+  // expression cost several microseconds per header on QuickJS.
   function normalizeValue(value) {
-    return String(value).replace(/^[\t\n\r ]+|[\t\n\r ]+$/g, "");
+    const text = String(value);
+    let start = 0;
+    let end = text.length;
+    while (start < end && isHttpWhitespace(text.charCodeAt(start))) start++;
+    while (end > start && isHttpWhitespace(text.charCodeAt(end - 1))) end--;
+    return start === 0 && end === text.length ? text : text.slice(start, end);
   }
 
   class Headers {
@@ -1360,7 +1379,7 @@ export default function installPrelude(native) {
     append(name, value) {
       const key = this.#check(name);
       value = normalizeValue(value);
-      if (/[\0\r\n]/.test(value)) throw new TypeError(`Invalid header value for ${key}`);
+      if (INVALID_VALUE.test(value)) throw new TypeError(`Invalid header value for ${key}`);
       if (key === "set-cookie") this.#cookies.push(value);
       const existing = this.#map.get(key);
       this.#map.set(key, existing === undefined ? value : existing + ", " + value);
@@ -1368,7 +1387,7 @@ export default function installPrelude(native) {
     set(name, value) {
       const key = this.#check(name);
       value = normalizeValue(value);
-      if (/[\0\r\n]/.test(value)) throw new TypeError(`Invalid header value for ${key}`);
+      if (INVALID_VALUE.test(value)) throw new TypeError(`Invalid header value for ${key}`);
       if (key === "set-cookie") this.#cookies = [value];
       this.#map.set(key, value);
     }
@@ -1681,7 +1700,7 @@ export default function installPrelude(native) {
       }
       super(body, headers);
       this.#method = normalizedMethod;
-      this.#url = new URL(url).href;
+      this.#url = serializeUrl(url);
       this.#headers = headers;
       this.#signal = init.signal ?? source?.signal ?? new AbortController().signal;
       this.cf = init.cf ?? source?.cf;
