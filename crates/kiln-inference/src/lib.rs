@@ -7,6 +7,7 @@ pub mod batching;
 mod catalog;
 pub mod classification;
 pub mod custom;
+mod deadline;
 pub mod embeddings;
 mod encoder_service;
 pub mod engines;
@@ -20,6 +21,7 @@ pub mod text_generation;
 
 pub use batching::BatchOptions;
 pub use catalog::{catalog_entry, hosted_task};
+pub use deadline::Deadline;
 pub use engines::OnnxEngineOptions;
 pub use error::{ErrorKind, InferenceError};
 pub use kiln_engine_llama::EngineOptions;

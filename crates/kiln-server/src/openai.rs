@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use kiln_inference::fields::{self, type_name, Fields};
@@ -182,8 +182,10 @@ struct Settings {
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, OpenAiError> {
+    let deadline = crate::run::request_deadline(&headers)?;
     let fields = read_object(body, &state).await?;
     let model = required_model(&fields)?;
     let settings = common_settings(&fields, text_generation::DEFAULT_MAX_TOKENS)?;
@@ -223,12 +225,14 @@ pub async fn chat_completions(
         tool_choice,
     };
 
-    let (ran, generation) = state.inference.generate(&model, &input).await?;
+    let (ran, generation) = deadline
+        .run(state.inference.generate(&model, &input))
+        .await?;
     let meta = ResponseMeta::new("chatcmpl", &model);
     let mut response = if settings.stream {
         chat_stream(generation, meta, settings.include_usage)
     } else {
-        let completion = text_generation::collect(generation).await?;
+        let completion = deadline.run(text_generation::collect(generation)).await?;
         let finish_reason =
             finish_reason(completion.finish_reason, !completion.tool_calls.is_empty());
         let mut message = json!({"role": "assistant", "content": completion.text});
@@ -260,8 +264,10 @@ pub async fn chat_completions(
 /// `POST /v1/completions`: a raw prompt, no chat template.
 pub async fn completions(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, OpenAiError> {
+    let deadline = crate::run::request_deadline(&headers)?;
     let fields = read_object(body, &state).await?;
     let model = required_model(&fields)?;
     let settings = common_settings(&fields, DEFAULT_COMPLETION_TOKENS)?;
@@ -293,12 +299,14 @@ pub async fn completions(
         tool_choice: ToolChoice::Auto,
     };
 
-    let (ran, generation) = state.inference.generate(&model, &input).await?;
+    let (ran, generation) = deadline
+        .run(state.inference.generate(&model, &input))
+        .await?;
     let meta = ResponseMeta::new("cmpl", &model);
     let mut response = if settings.stream {
         completion_stream(generation, meta, settings.include_usage)
     } else {
-        let completion = text_generation::collect(generation).await?;
+        let completion = deadline.run(text_generation::collect(generation)).await?;
         json_response(
             StatusCode::OK,
             json!({

@@ -8,7 +8,9 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use kiln_inference::{sse_event, InferenceError, Output, RunOutput, StreamItem, TextStream};
+use kiln_inference::{
+    sse_event, Deadline, InferenceError, Output, RunOutput, StreamItem, TextStream,
+};
 use serde_json::{json, Value};
 
 use crate::body::read_body;
@@ -55,10 +57,18 @@ async fn run(
         Ok(cache) => cache,
         Err(error) => return error_response(error, envelope),
     };
+    let deadline = match request_deadline(headers) {
+        Ok(deadline) => deadline,
+        Err(error) => return error_response(error, envelope),
+    };
     let streaming = input.get("stream") == Some(&Value::Bool(true));
     let mut response = match (cache, &state.kv) {
         (CacheRequest::Use { ttl }, Some(kv)) if !streaming => {
-            match run_cached(state, &InferenceCache::new(kv), model, input, ttl).await {
+            let store = InferenceCache::new(kv);
+            match deadline
+                .run(run_cached(state, &store, model, input, ttl))
+                .await
+            {
                 Ok((output, hit)) => {
                     let result = if hit { "hit" } else { "miss" };
                     metrics::counter!("kiln_inference_cache_lookups_total", "result" => result)
@@ -71,7 +81,7 @@ async fn run(
                 Err(error) => return error_response(error, envelope),
             }
         }
-        _ => match state.inference.run(model, input).await {
+        _ => match deadline.run(state.inference.run(model, input)).await {
             Ok(output) => respond(output, envelope),
             Err(error) => error_response(error, envelope),
         },
@@ -81,6 +91,17 @@ async fn run(
     }
     response
 }
+
+/// Reads the request's time limit to its first byte from `cf-aig-request-timeout`.
+pub(crate) fn request_deadline(headers: &HeaderMap) -> Result<Deadline, InferenceError> {
+    let value = headers
+        .get(REQUEST_TIMEOUT_HEADER)
+        .map(|value| value.to_str().unwrap_or("(not text)"));
+    Deadline::parse(value, "cf-aig-request-timeout header")
+}
+
+/// Request header with the milliseconds a request may wait for the first byte of its response.
+const REQUEST_TIMEOUT_HEADER: &str = "cf-aig-request-timeout";
 
 /// Serves the result from the inference cache, or runs the model and stores a JSON result. Returns the
 /// output and whether it came from the cache.

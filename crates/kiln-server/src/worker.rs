@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream, StreamExt};
-use kiln_inference::{sse_event, InferenceService, Output, StreamItem, SSE_DONE};
+use kiln_inference::{sse_event, Deadline, InferenceService, Output, StreamItem, SSE_DONE};
 use kiln_runtime::{
     AiBinding, AiError, AiOutput, ResponseBody, Worker, WorkerError, WorkerRequest,
 };
@@ -320,12 +320,21 @@ impl AiBinding for InferenceAi {
         &self,
         model: String,
         inputs: Value,
-        _options: Value,
+        options: Value,
     ) -> BoxFuture<'static, Result<AiOutput, AiError>> {
         let inference = Arc::clone(&self.inference);
         Box::pin(async move {
             let started = std::time::Instant::now();
-            let run = inference.run(&model, inputs).await.map_err(|error| {
+            let timeout = options.pointer("/gateway/requestTimeoutMs").map(|value| {
+                value
+                    .as_u64()
+                    .map_or_else(|| value.to_string(), |ms| ms.to_string())
+            });
+            let run = async {
+                let deadline = Deadline::parse(timeout.as_deref(), "gateway.requestTimeoutMs")?;
+                deadline.run(inference.run(&model, inputs)).await
+            };
+            let run = run.await.map_err(|error| {
                 tracing::info!(model = %model, code = error.code(), error = %error.message, "env.AI.run failed");
                 AiError {
                     name: error.name().to_owned(),

@@ -251,3 +251,67 @@ fn unloadable_model_gets_503() {
     assert_eq!(status, 503, "{body}");
     assert_openai_error(&body, "server_error");
 }
+
+#[test]
+fn queued_request_past_deadline_gets_408() {
+    // One sequence: while a long generation holds it, a request with a short deadline waits in
+    // the queue until its deadline passes.
+    let node = Node::start("[llama]\nparallel_sequences = 1\n");
+    let long = json!({"model": CHAT_MODEL, "stream": true, "max_tokens": 3000, "seed": 4,
+                      "messages": [{"role": "user", "content": "List numbers."}],
+                      "response_format": {"type": "json_schema", "json_schema": {"name": "numbers",
+                          "schema": {"type": "array", "items": {"type": "integer"},
+                                     "minItems": 1000}}}});
+    let mut busy = node
+        .client()
+        .post(node.url("/v1/chat/completions"))
+        .json(&long)
+        .send()
+        .expect("long request");
+    assert_eq!(busy.status(), 200);
+    let mut first_bytes = [0u8; 32];
+    std::io::Read::read(&mut busy, &mut first_bytes).expect("stream starts");
+
+    let hurried = |path: &str, body: &Value| {
+        node.client()
+            .post(node.url(path))
+            .header("cf-aig-request-timeout", "300")
+            .json(body)
+            .send()
+            .expect("request")
+    };
+    let native = hurried(
+        &format!("/ai/run/{CHAT_MODEL}"),
+        &json!({"prompt": "hi", "max_tokens": 4}),
+    );
+    assert_eq!(native.status(), 408);
+    let body: Value = native.json().expect("JSON error");
+    assert_eq!(body["internalCode"], 3007, "{body}");
+    assert_eq!(body["name"], "Timeout", "{body}");
+
+    let chat = json!({"model": CHAT_MODEL, "max_tokens": 4,
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let openai = hurried("/v1/chat/completions", &chat);
+    assert_eq!(openai.status(), 408);
+    let body: Value = openai.json().expect("JSON error");
+    assert_eq!(body["error"]["code"], "timeout", "{body}");
+
+    let invalid = node
+        .client()
+        .post(node.url(&format!("/ai/run/{CHAT_MODEL}")))
+        .header("cf-aig-request-timeout", "soon")
+        .json(&json!({"prompt": "hi"}))
+        .send()
+        .expect("request");
+    assert_eq!(invalid.status(), 400);
+
+    // The timed-out requests left the queue: once the long generation ends, a request runs.
+    drop(busy);
+    let after = node
+        .client()
+        .post(node.url(&format!("/ai/run/{CHAT_MODEL}")))
+        .json(&json!({"prompt": "hi", "max_tokens": 4}))
+        .send()
+        .expect("request");
+    assert_eq!(after.status(), 200);
+}
