@@ -15,6 +15,7 @@ mod error;
 pub mod fields;
 pub mod image_classification;
 pub mod image_preprocess;
+pub mod request_log;
 pub mod sequence_classification;
 mod service;
 pub mod text_generation;

@@ -12,7 +12,7 @@ use crate::batching::BatchOptions;
 use crate::encoder_service::EncoderService;
 use crate::engines::OnnxEngineOptions;
 use crate::text_generation::{self, TextGenerationInput, TextStream};
-use crate::{catalog, ErrorKind, InferenceError};
+use crate::{catalog, request_log, ErrorKind, InferenceError};
 
 /// Settings of the service, taken from the node configuration.
 #[derive(Debug, Clone)]
@@ -131,6 +131,7 @@ impl InferenceService {
 
     /// Validates `input` for the model's task, loads the model if needed and runs it.
     pub async fn run(&self, model: &str, input: Value) -> Result<RunOutput, InferenceError> {
+        let requested = model;
         let manifest = self.resolve(model)?;
         let started = std::time::Instant::now();
         let result = self.run_resolved(&manifest, input).await;
@@ -141,8 +142,22 @@ impl InferenceService {
         let model = manifest.id.clone();
         metrics::counter!("kiln_inference_requests_total", "model" => model.clone(), "outcome" => outcome)
             .increment(1);
-        metrics::histogram!("kiln_inference_duration_seconds", "model" => model)
+        metrics::histogram!("kiln_inference_duration_seconds", "model" => model.clone())
             .record(started.elapsed().as_secs_f64());
+        let usage = match &result {
+            Ok(Output::Json(value)) => value.get("usage"),
+            _ => None,
+        };
+        let tokens = |field: &str| usage.and_then(|usage| usage.get(field)?.as_u64());
+        request_log::record(request_log::ModelRun {
+            requested: requested.to_owned(),
+            model,
+            outcome: outcome.to_owned(),
+            ms: started.elapsed().as_secs_f64() * 1000.0,
+            input_tokens: tokens("prompt_tokens"),
+            output_tokens: tokens("completion_tokens"),
+            cache: None,
+        });
         result.map(|output| RunOutput {
             model: manifest.id,
             output,

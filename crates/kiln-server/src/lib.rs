@@ -33,7 +33,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use kiln_inference::InferenceService;
+use kiln_inference::{request_log, InferenceService};
 use tower_http::catch_panic::CatchPanicLayer;
 
 pub use admin::{put_all, BulkPair, EXPIRATION_HEADER, METADATA_HEADER};
@@ -129,28 +129,50 @@ async fn log_request(mut request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or("unmatched", |matched| matched.as_str())
         .to_owned();
+    // The labels below take the route by value, and the log line needs it too.
+    let metric_route = route.clone();
 
-    let mut response = next.run(request).await;
+    let (mut response, model_runs) = request_log::collect(next.run(request)).await;
     let status = response.status().as_u16();
     let seconds = started.elapsed().as_secs_f64();
-    ::metrics::counter!("kiln_http_requests_total", "route" => route.clone(), "status" => status.to_string())
+    ::metrics::counter!("kiln_http_requests_total", "route" => metric_route.clone(), "status" => status.to_string())
         .increment(1);
-    ::metrics::histogram!("kiln_http_request_duration_seconds", "route" => route).record(seconds);
+    ::metrics::histogram!("kiln_http_request_duration_seconds", "route" => metric_route)
+        .record(seconds);
     let model = response
         .headers()
         .get(MODEL_HEADER)
         .and_then(|value| value.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    tracing::info!(
-        request_id = %request_id,
-        method = %method,
-        path = %path,
-        status,
-        model = %model,
-        ms = seconds * 1000.0,
-        "request"
-    );
+    let model_runs = serde_json::to_string(&model_runs).unwrap_or_default();
+    let ms = seconds * 1000.0;
+    match response.extensions().get::<worker::WorkerLog>() {
+        Some(served) => tracing::info!(
+            request_id = %request_id,
+            worker = %served.worker,
+            method = %method,
+            path = %path,
+            status,
+            outcome = served.outcome,
+            colo = %served.colo,
+            country = %served.country,
+            ms,
+            "request"
+        ),
+        None => tracing::info!(
+            request_id = %request_id,
+            route = %route,
+            method = %method,
+            path = %path,
+            status,
+            outcome = if status < 400 { "ok" } else { "error" },
+            model = %model,
+            model_runs = %model_runs,
+            ms,
+            "request"
+        ),
+    }
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response
             .headers_mut()

@@ -9,7 +9,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use kiln_inference::{
-    sse_event, Deadline, InferenceError, Output, RunOutput, StreamItem, TextStream,
+    request_log, sse_event, Deadline, InferenceError, Output, RunOutput, StreamItem, TextStream,
 };
 use serde_json::{json, Value};
 
@@ -87,6 +87,7 @@ async fn run(
         },
     };
     if let Some(miss) = cache.miss_header() {
+        request_log::mark_cache("MISS");
         response.headers_mut().insert(cache::STATUS_HEADER, miss);
     }
     response
@@ -114,13 +115,22 @@ async fn run_cached(
 ) -> Result<(RunOutput, bool), InferenceError> {
     let manifest = state.inference.resolve(model)?;
     if let Some(result) = store.get(&manifest, &input).await {
+        request_log::record(request_log::ModelRun {
+            requested: model.to_owned(),
+            model: manifest.id.clone(),
+            outcome: "ok".into(),
+            cache: Some("HIT"),
+            ..request_log::ModelRun::default()
+        });
         let output = RunOutput {
             model: manifest.id,
             output: Output::Json(result),
         };
         return Ok((output, true));
     }
-    let output = state.inference.run(model, input.clone()).await?;
+    let output = state.inference.run(model, input.clone()).await;
+    request_log::mark_cache("MISS");
+    let output = output?;
     if let Output::Json(result) = &output.output {
         store.put(&manifest, &input, result, ttl).await;
     }

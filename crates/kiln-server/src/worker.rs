@@ -140,14 +140,37 @@ async fn handle(State(state): State<Arc<WorkerState>>, request: Request) -> Resp
         cf: request_cf(&state, &parts.headers, parts.version),
     };
 
+    let country = request.cf["country"].as_str().unwrap_or("").to_owned();
     let mut outcome = Outcome::new(worker.name());
+    let log = WorkerLog {
+        worker: worker.name().to_owned(),
+        outcome: "ok",
+        colo: state.colo.clone(),
+        country,
+    };
     let result = worker.fetch(request).await;
-    let (response, name) = match result {
+    let (mut response, name) = match result {
         Ok(response) => (into_http(response, worker), "ok"),
         Err(error) => (worker_error(&state, &error), error.outcome()),
     };
     outcome.finish(name, response.status().as_u16());
+    response.extensions_mut().insert(WorkerLog {
+        outcome: name,
+        ..log
+    });
     response
+}
+
+/// What a worker request adds to its log line, carried to the logging middleware in the
+/// response's extensions.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerLog {
+    pub worker: String,
+    /// `ok`, or how the request failed (`exception`, `exceededCpu`, …).
+    pub outcome: &'static str,
+    pub colo: String,
+    /// `request.cf.country`, or empty.
+    pub country: String,
 }
 
 /// Counts a worker request in the node's metrics once it ends; a request dropped before its

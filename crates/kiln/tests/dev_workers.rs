@@ -160,6 +160,18 @@ fn observed_worker_logs_one_json_line() {
     assert_eq!(entry["colo"], "AMS");
     assert_eq!(entry["country"], "NL");
     assert!(entry["ms"].as_f64().is_some(), "{entry}");
+
+    // The node's own line for the request carries the same id and the outcome.
+    let request_line = node
+        .log_lines()
+        .into_iter()
+        .find(|line| line["message"] == "request" && line["request_id"] == lines[0]["request_id"])
+        .unwrap_or_else(|| panic!("no request line:\n{}", node.log_text()));
+    assert_eq!(request_line["worker"], "observed");
+    assert_eq!(request_line["outcome"], "ok");
+    assert_eq!(request_line["status"], 200);
+    assert_eq!(request_line["colo"], "AMS");
+    assert_eq!(request_line["country"], "NL");
 }
 
 #[test]

@@ -241,3 +241,74 @@ fn readyz_reports_failed_preload() {
     let health = client.get(node.url("/healthz")).send().expect("healthz");
     assert_eq!(health.status(), 200);
 }
+
+/// Returns the `request` log line of the request whose id the response carried.
+fn request_line(node: &Node, response_id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let line = node.log_text().lines().find_map(|line| {
+            let entry: Value = serde_json::from_str(line).ok()?;
+            (entry["message"] == "request" && entry["request_id"] == response_id).then_some(entry)
+        });
+        if let Some(line) = line {
+            return line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no request line for {response_id}:\n{}",
+            node.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn request_log_line_names_model_runs() {
+    let node = Node::start("");
+    let prompt = "Which colour is the sky on a clear day?";
+    let send = || {
+        node.client()
+            .post(node.url(&format!("/ai/run/{CHAT_MODEL}?trace=1")))
+            .header("cf-aig-cache-ttl", "60")
+            .json(&json!({"prompt": prompt, "max_tokens": 8, "seed": 2}))
+            .send()
+            .expect("request")
+    };
+    let mut usage = Value::Null;
+    for expected_cache in ["MISS", "HIT"] {
+        let response = send();
+        assert_eq!(response.status(), 200);
+        let id = response.headers()["cf-ai-req-id"]
+            .to_str()
+            .expect("request id")
+            .to_owned();
+        let body: Value = response.json().expect("JSON body");
+        if expected_cache == "MISS" {
+            usage = body["usage"].clone();
+        }
+
+        let line = request_line(&node, &id);
+        assert_eq!(line["route"], "/ai/run/{*model}");
+        assert_eq!(line["method"], "POST");
+        assert_eq!(line["path"], format!("/ai/run/{CHAT_MODEL}"));
+        assert_eq!(line["status"], 200);
+        assert_eq!(line["outcome"], "ok");
+        assert!(line["ms"].as_f64().is_some(), "{line}");
+        let runs: Value = serde_json::from_str(line["model_runs"].as_str().expect("runs text"))
+            .expect("runs JSON");
+        assert_eq!(runs.as_array().map(Vec::len), Some(1), "{runs}");
+        let run = &runs[0];
+        assert_eq!(run["model"], CHAT_MODEL);
+        assert_eq!(run["requested"], CHAT_MODEL);
+        assert_eq!(run["cache"], expected_cache);
+        if expected_cache == "MISS" {
+            assert_eq!(run["input_tokens"], usage["prompt_tokens"], "{run}");
+            assert_eq!(run["output_tokens"], usage["completion_tokens"], "{run}");
+        }
+    }
+    assert!(
+        !node.log_text().contains(prompt),
+        "the prompt reached the log:\n{}",
+        node.log_text()
+    );
+}
