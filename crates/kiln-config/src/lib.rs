@@ -341,6 +341,20 @@ impl NodeConfig {
                 "workers.memory_mib must be at least 8",
             ),
             (
+                self.workers.wall_ms >= 1,
+                "workers.wall_ms must be at least 1",
+            ),
+            (
+                self.workers.subrequests >= 1,
+                "workers.subrequests must be at least 1",
+            ),
+            (
+                self.workers
+                    .isolates
+                    .is_none_or(|isolates| (1..=64).contains(&isolates)),
+                "workers.isolates must be from 1 to 64",
+            ),
+            (
                 self.limits.max_generated_tokens >= 1,
                 "limits.max_generated_tokens must be at least 1",
             ),

@@ -155,6 +155,12 @@ impl WorkerConfig {
         if self.limits.cpu_ms == Some(0) {
             return Err("limits.cpu_ms must be at least 1".into());
         }
+        if self.limits.wall_ms == Some(0) {
+            return Err("limits.wall_ms must be at least 1".into());
+        }
+        if self.limits.subrequests == Some(0) {
+            return Err("limits.subrequests must be at least 1".into());
+        }
         self.cron_triggers()?;
         Ok(())
     }

@@ -359,7 +359,7 @@ fn pairs(flat: Vec<String>) -> Vec<(String, String)> {
 }
 
 /// Classifies an error that ended a request: some errors mean a limit was reached.
-fn limit_of(name: &str, message: &str) -> Option<Limit> {
+pub(crate) fn limit_of(name: &str, message: &str) -> Option<Limit> {
     if message.contains("Maximum call stack size exceeded") || message.starts_with("stack overflow")
     {
         return Some(Limit::Stack);

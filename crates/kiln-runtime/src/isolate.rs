@@ -216,6 +216,8 @@ struct Rejection {
     promise: Persistent<Value<'static>>,
     /// `Name: message` and stack of the reason.
     reason: String,
+    /// The rejection is QuickJS running out of heap inside a promise job.
+    out_of_memory: bool,
 }
 
 impl Isolate {
@@ -247,9 +249,13 @@ impl Isolate {
         runtime.set_interrupt_handler(Some(Box::new(move || handler_budget.interrupt())));
         let rejections: Rc<RefCell<Vec<Rejection>>> = Rc::default();
         let tracked = Rc::clone(&rejections);
+        let tracked_heap = heap.clone();
+        let half_limit = spec.limits.memory_bytes / 2;
         runtime.set_host_promise_rejection_tracker(Some(Box::new(
             move |ctx, promise, reason, is_handled| {
-                track_rejection(&ctx, &tracked, promise, reason, is_handled);
+                // QuickJS rejects with null when it cannot even allocate the error object.
+                let near_limit = tracked_heap.may_exceed(half_limit);
+                track_rejection(&ctx, &tracked, promise, reason, is_handled, near_limit);
             },
         )));
         let source_maps = SourceMaps::default();
@@ -562,14 +568,9 @@ impl Isolate {
                 .and_then(|host| call(&ctx, &host));
             if let Err(error) = result {
                 if !budget.exceeded.get() {
-                    let state = state.borrow();
+                    let mut state = state.borrow_mut();
                     let description = state.source_maps.remap(&describe_error(&ctx, error));
-                    tracing::error!(
-                        worker = %state.worker,
-                        request_id = %state.request_id(owner),
-                        error = %description,
-                        "uncaught exception in the worker"
-                    );
+                    report_uncaught(&mut state, owner, &description);
                 }
             }
             let mut jobs: u64 = 0;
@@ -653,6 +654,11 @@ impl Isolate {
         }
         let mut state = self.state.borrow_mut();
         for rejection in rejections {
+            if rejection.out_of_memory {
+                // The heap ran out inside a promise job: a memory breach, not a worker error.
+                state.breach.get_or_insert((owner, Limit::Memory));
+                continue;
+            }
             let reason = state.source_maps.remap(&rejection.reason);
             let (first, stack) = reason.split_once('\n').unwrap_or((&reason, ""));
             let message = format!("Uncaught (in promise) {first}");
@@ -715,6 +721,33 @@ impl Isolate {
     }
 }
 
+/// Handles an exception that escaped a turn, such as a timer callback that threw. A memory or
+/// stack exhaustion is recorded as a breach. Any other exception is logged and fails the
+/// request that owns the turn with 500, as an uncaught exception in its handler would.
+fn report_uncaught(state: &mut HostState, owner: Option<u64>, description: &str) {
+    let (first, stack) = description.split_once('\n').unwrap_or((description, ""));
+    let (name, message) = first.split_once(": ").unwrap_or(("Error", first));
+    if let Some(limit) = host::limit_of(name, message) {
+        state.breach.get_or_insert((owner, limit));
+        return;
+    }
+    tracing::error!(
+        worker = %state.worker,
+        request_id = %state.request_id(owner),
+        outcome = "exception",
+        error = %description,
+        "uncaught exception in the worker"
+    );
+    if let Some(number) = owner.filter(|number| state.replies.contains_key(number)) {
+        let error = WorkerError::Exception {
+            message: format!("Uncaught {first}"),
+            stack: stack.to_owned(),
+            status: 500,
+        };
+        state.cancel(number, Some(error));
+    }
+}
+
 /// Records a promise rejected with no handler, or removes it from the record when a handler
 /// is attached later in the same turn.
 fn track_rejection<'js>(
@@ -723,6 +756,7 @@ fn track_rejection<'js>(
     promise: Value<'js>,
     reason: Value<'js>,
     is_handled: bool,
+    near_memory_limit: bool,
 ) {
     let Ok(mut rejections) = rejections.try_borrow_mut() else {
         return;
@@ -737,10 +771,13 @@ fn track_rejection<'js>(
         });
         return;
     }
+    let out_of_memory = (reason.is_null() && near_memory_limit)
+        || describe_value(&reason).starts_with("InternalError: out of memory");
     let reason = describe_value(&reason);
     rejections.push(Rejection {
         promise: Persistent::save(ctx, promise),
         reason,
+        out_of_memory,
     });
 }
 

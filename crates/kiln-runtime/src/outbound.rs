@@ -162,21 +162,26 @@ pub fn non_public_kind(address: IpAddr) -> Option<&'static str> {
 }
 
 fn ipv4_kind(address: Ipv4Addr) -> Option<&'static str> {
-    let [a, b, ..] = address.octets();
+    let [a, b, c, _] = address.octets();
     if address == Ipv4Addr::new(169, 254, 169, 254) {
         return Some("cloud metadata");
     }
-    match (a, b) {
+    match (a, b, c) {
         // 0.0.0.0/8: Linux connects 0.0.0.0 to the local host.
-        (0, _) => Some("unspecified"),
-        (127, _) => Some("loopback"),
-        (10, _) | (192, 168) => Some("private (RFC 1918)"),
-        (172, 16..=31) => Some("private (RFC 1918)"),
-        (169, 254) => Some("link-local"),
+        (0, _, _) => Some("unspecified"),
+        (127, _, _) => Some("loopback"),
+        (10, _, _) | (192, 168, _) => Some("private (RFC 1918)"),
+        (172, 16..=31, _) => Some("private (RFC 1918)"),
+        (169, 254, _) => Some("link-local"),
         // Carrier-grade NAT space, which some clouds also use for internal services.
-        (100, 64..=127) => Some("shared (RFC 6598)"),
-        (224..=239, _) => Some("multicast"),
-        (240..=255, _) => Some("reserved"),
+        (100, 64..=127, _) => Some("shared (RFC 6598)"),
+        (192, 0, 0) => Some("IETF protocol assignment (RFC 6890)"),
+        (192, 0, 2) | (198, 51, 100) | (203, 0, 113) => Some("documentation (RFC 5737)"),
+        (192, 88, 99) => Some("6to4 relay (RFC 7526)"),
+        // Benchmarking space, which networks also use for internal addresses.
+        (198, 18..=19, _) => Some("benchmarking (RFC 2544)"),
+        (224..=239, _, _) => Some("multicast"),
+        (240..=255, _, _) => Some("reserved"),
         _ => None,
     }
 }
@@ -201,8 +206,9 @@ fn ipv6_kind(address: Ipv6Addr) -> Option<&'static str> {
     }
 }
 
-/// Returns the IPv4 address inside an IPv4-mapped (`::ffff:0:0/96`), IPv4-compatible
-/// (`::/96`), NAT64 (`64:ff9b::/96`) or 6to4 (`2002::/16`) address.
+/// Returns the IPv4 address inside an IPv4-mapped (`::ffff:0:0/96`), IPv4-translated
+/// (`::ffff:0:0:0/96`), IPv4-compatible (`::/96`), NAT64 (`64:ff9b::/96`, `64:ff9b:1::/48`) or
+/// 6to4 (`2002::/16`) address.
 fn embedded_ipv4(address: Ipv6Addr) -> Option<Ipv4Addr> {
     let segments = address.segments();
     let octets = address.octets();
@@ -213,7 +219,10 @@ fn embedded_ipv4(address: Ipv6Addr) -> Option<Ipv4Addr> {
     if segments[..6] == [0; 6] {
         return Some(low);
     }
-    if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+    if segments[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        return Some(low);
+    }
+    if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || segments[..3] == [0x64, 0xff9b, 1] {
         return Some(low);
     }
     if segments[0] == 0x2002 {
@@ -292,9 +301,20 @@ impl OutboundPolicy {
         if matches(&self.allowed) {
             return Ok(false);
         }
+        // An address literal that is not public needs the private list; any other host needs
+        // the allowed list first.
+        let literal = match target.host {
+            Host::Ipv4(address) => Some(IpAddr::V4(address)),
+            Host::Ipv6(address) => Some(IpAddr::V6(address)),
+            Host::Domain(_) => None,
+        };
+        let key = match literal.and_then(non_public_kind) {
+            Some(_) => PRIVATE_HOSTS_KEY,
+            None => ALLOWED_HOSTS_KEY,
+        };
         Err(format!(
             "fetch() to {} was rejected: the node allows no outbound requests to this host. \
-             Add \"{}\" to {ALLOWED_HOSTS_KEY} in the node's kiln.toml to allow it",
+             Add \"{}\" to {key} in the node's kiln.toml to allow it",
             target.display, target.pattern
         ))
     }
@@ -317,6 +337,13 @@ impl<'a> Target<'a> {
         if scheme != "http" && scheme != "https" {
             return Err(format!(
                 "fetch() supports only http: and https: URLs, not {scheme}: ({url})"
+            ));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(format!(
+                "fetch() rejects URLs with credentials, as the Fetch standard does: remove the \
+                 user name and password from the URL of {} and send an Authorization header",
+                url.host_str().unwrap_or("the request")
             ));
         }
         let host = url
@@ -344,9 +371,14 @@ impl<'a> Target<'a> {
 
 fn private_rejection(target: &Target<'_>, address: IpAddr) -> String {
     let kind = non_public_kind(address).unwrap_or("private");
+    let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u', 'I']) {
+        "an"
+    } else {
+        "a"
+    };
     let resolution = match target.host {
-        Host::Domain(name) => format!("{name} resolves to {address}, a {kind} address"),
-        _ => format!("{address} is a {kind} address"),
+        Host::Domain(name) => format!("{name} resolves to {address}, {article} {kind} address"),
+        _ => format!("{address} is {article} {kind} address"),
     };
     format!(
         "fetch() to {} was rejected: {resolution}. Add \"{}\" to {PRIVATE_HOSTS_KEY} in the \
@@ -390,6 +422,15 @@ mod tests {
             ("64:ff9b::a9fe:a9fe", "cloud metadata"),
             ("2002:c0a8:0101::1", "private (RFC 1918)"),
             ("ff02::1", "multicast"),
+            ("192.0.0.1", "IETF protocol assignment (RFC 6890)"),
+            ("192.0.2.10", "documentation (RFC 5737)"),
+            ("198.51.100.7", "documentation (RFC 5737)"),
+            ("203.0.113.9", "documentation (RFC 5737)"),
+            ("192.88.99.1", "6to4 relay (RFC 7526)"),
+            ("198.18.0.1", "benchmarking (RFC 2544)"),
+            ("198.19.255.254", "benchmarking (RFC 2544)"),
+            ("::ffff:0:7f00:1", "loopback"),
+            ("64:ff9b:1::a00:1", "private (RFC 1918)"),
         ];
         for (text, kind) in cases {
             assert_eq!(non_public_kind(address(text)), Some(kind), "{text}");

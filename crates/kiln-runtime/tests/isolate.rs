@@ -541,3 +541,60 @@ fn typescript_stack_names_source_line() {
     assert_eq!(message, "Error: from line 7");
     assert!(stack.contains("index.ts:7:"), "{stack}");
 }
+
+#[test]
+fn promise_flood_after_response_hits_memory_limit() {
+    let worker = start(
+        &[(
+            "index.js",
+            r#"let served = 0;
+               export default { async fetch(request) {
+                 served += 1;
+                 if (new URL(request.url).pathname === "/flood") {
+                   const chain = () => Promise.resolve().then(chain);
+                   chain();
+                   return new Response("answered first");
+                 }
+                 return new Response("ok " + served);
+               } };"#,
+        )],
+        Limits {
+            memory_bytes: 32 * 1024 * 1024,
+            ..Limits::default()
+        },
+    )
+    .expect("worker starts");
+    assert_eq!(worker.get("/").body, "ok 1");
+    assert_eq!(worker.get("/flood").body, "answered first");
+    // The flood ran out of heap after the response: the isolate was rebuilt.
+    assert_eq!(worker.get("/").body, "ok 1");
+}
+
+#[test]
+fn throw_in_timer_fails_the_request() {
+    let worker = start(
+        &[(
+            "index.js",
+            r#"export default { async fetch() {
+                 setTimeout(() => { throw new TypeError("thrown in a timer"); }, 5);
+                 await new Promise((resolve) => setTimeout(resolve, 50));
+                 return new Response("too late");
+               } };"#,
+        )],
+        Limits::default(),
+    )
+    .expect("worker starts");
+    let error = worker
+        .request("GET", "/", &[], b"")
+        .err()
+        .expect("the timer's exception fails the request");
+    match error {
+        WorkerError::Exception {
+            message, status, ..
+        } => {
+            assert_eq!(message, "Uncaught TypeError: thrown in a timer");
+            assert_eq!(status, 500);
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -73,9 +73,15 @@ pub struct WorkerState {
     pub test_scheduled: bool,
 }
 
-/// Builds a router that sends every path and method to the worker in `state.slot`.
+/// Builds a router that sends every path and method to the worker in `state.slot`, except the
+/// node's own `/__kiln/metrics` and `/__kiln/healthz`.
 pub fn worker_router(state: Arc<WorkerState>) -> Router {
     Router::new()
+        .route(
+            "/__kiln/metrics",
+            axum::routing::get(crate::metrics::prometheus),
+        )
+        .route("/__kiln/healthz", axum::routing::get(|| async { "ok" }))
         .fallback(handle)
         .layer(axum::middleware::from_fn(log_request))
         .layer(CatchPanicLayer::custom(errors::panic_response))
@@ -161,7 +167,7 @@ async fn handle(State(state): State<Arc<WorkerState>>, request: Request) -> Resp
     response
 }
 
-/// What a worker request adds to its log line, carried to the logging middleware in the
+/// Fields that a worker request adds to its log line, carried to the logging middleware in the
 /// response's extensions.
 #[derive(Debug, Clone)]
 pub(crate) struct WorkerLog {

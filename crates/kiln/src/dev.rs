@@ -83,6 +83,7 @@ async fn serve(config: NodeConfig, store: ModelStore, options: ServeOptions) -> 
         listen,
         test_scheduled,
     } = options;
+    kiln_server::install_metrics();
     let inference = Arc::new(InferenceService::new(
         store,
         crate::serve::service_options(&config),

@@ -261,6 +261,22 @@ fn batch_worker_scores_twenty_items() {
         assert_eq!(result["id"], index, "{result}");
         assert_labels(&result["sentiment"]);
     }
+
+    // The node's metrics show that the twenty items shared forward passes.
+    let metrics = node
+        .client()
+        .get(node.url("/__kiln/metrics"))
+        .send()
+        .expect("metrics")
+        .text()
+        .expect("metrics text");
+    let passes: f64 = metrics
+        .lines()
+        .filter(|line| line.starts_with("kiln_batch_forward_passes_total{"))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    assert!(passes >= 1.0, "{metrics}");
+    assert!(passes < 20.0, "20 items ran in {passes} forward passes");
 }
 
 /// A 1×1 RGBA PNG of one orange pixel.

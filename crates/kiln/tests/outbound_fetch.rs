@@ -313,7 +313,17 @@ fn fetch_is_rejected_by_default() {
         message.contains(&format!("127.0.0.1:{}", origin.port)),
         "{message}"
     );
-    assert!(message.contains("[workers] outbound_hosts"), "{message}");
+    // A loopback address needs the private list, which the advice names.
+    assert!(
+        message.contains("[workers] outbound_private_hosts"),
+        "{message}"
+    );
+
+    let with_credentials = format!("http://user:secret@127.0.0.1:{}/json", origin.port);
+    let result = run_mode(&node, &origin, "get", &[("url", &with_credentials)]);
+    let (name, message) = rejection(&result);
+    assert_eq!(name, "TypeError");
+    assert!(message.contains("credentials"), "{message}");
 
     for url in [
         "ftp://127.0.0.1/file",
