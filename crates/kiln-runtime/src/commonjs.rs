@@ -260,12 +260,19 @@ fn require_call_specifier(call: &CallExpression<'_>) -> Option<String> {
     }
 }
 
-/// The outcome of resolving one `require` specifier: the module name, or the resolver's error.
-pub(crate) type Resolved = (String, Result<String, String>);
+/// The outcome of resolving one `require` specifier: the module name, `None` for a module that
+/// a `browser` field maps to `false`, or the resolver's error.
+pub(crate) type Resolved = (String, Result<Option<String>, String>);
 
 /// Returns the file of a module name, without the [`BODY_PREFIX`] of a body module.
 pub(crate) fn file_of(name: &str) -> &str {
     name.strip_prefix(BODY_PREFIX).unwrap_or(name)
+}
+
+/// Returns the number of lines that `text` takes in the body module, counting the empty line
+/// after a final line break, as QuickJS counts lines: by `\n` alone.
+pub(crate) fn line_count(text: &str) -> u32 {
+    u32::try_from(text.split('\n').count()).unwrap_or(u32::MAX)
 }
 
 /// Builds the body module of a CommonJS file. Evaluating it runs nothing: the exported
@@ -291,7 +298,7 @@ pub(crate) fn body_module(file: &str, text: &str, resolved: &[Resolved]) -> Stri
     code.push_str("\n}\n");
 
     for (index, (_, result)) in resolved.iter().enumerate() {
-        if let Ok(module) = result {
+        if let Ok(Some(module)) = result {
             code.push_str(&format!(
                 "import * as __kiln_dependency_{index} from {};\n",
                 json_string(&format!("{BODY_PREFIX}{module}"))
@@ -314,12 +321,19 @@ pub(crate) fn body_module(file: &str, text: &str, resolved: &[Resolved]) -> Stri
          }}\n"
     ));
 
+    code.push_str("var __kiln_ignored_exports;\n");
     code.push_str("function __kiln_require(specifier) {\n  switch (specifier) {\n");
     for (index, (specifier, result)) in resolved.iter().enumerate() {
         let case = json_string(specifier);
         match result {
-            Ok(_) => code.push_str(&format!(
+            Ok(Some(_)) => code.push_str(&format!(
                 "    case {case}: return __kiln_dependency_{index}.{EXPORTS_FUNCTION}();\n"
+            )),
+            // Bundlers replace an ignored module with one whose `module.exports` is `{}`. The
+            // object is created on first use because a circular `require` can run this before
+            // the module's own statements.
+            Ok(None) => code.push_str(&format!(
+                "    case {case}: return __kiln_ignored_exports ??= {{}};\n"
             )),
             Err(message) => code.push_str(&format!(
                 "    case {case}: throw __kiln_not_found(specifier, {});\n",
@@ -327,6 +341,8 @@ pub(crate) fn body_module(file: &str, text: &str, resolved: &[Resolved]) -> Stri
             )),
         }
     }
+    // `Error.captureStackTrace` drops the frames of the generated `__kiln_not_found` and
+    // `__kiln_require`, so the stack starts at the `require` call in the file.
     code.push_str(&format!(
         "  }}\n\
          \x20 throw __kiln_not_found(specifier, \"only require() calls with a string literal argument are resolved\");\n\
@@ -334,6 +350,7 @@ pub(crate) fn body_module(file: &str, text: &str, resolved: &[Resolved]) -> Stri
          function __kiln_not_found(specifier, reason) {{\n\
          \x20 const error = new Error(`Cannot find module '${{specifier}}' required from {}: ${{reason}}`);\n\
          \x20 error.code = \"MODULE_NOT_FOUND\";\n\
+         \x20 if (typeof Error.captureStackTrace === \"function\") Error.captureStackTrace(error, __kiln_require);\n\
          \x20 return error;\n\
          }}\n",
         template_text(file)

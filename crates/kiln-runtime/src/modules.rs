@@ -28,6 +28,14 @@ const CLOUDFLARE_AI: &str = include_str!("js/cloudflare_ai.js");
 /// Prefix of the names of built-in modules.
 const BUILTIN_PREFIX: &str = "kiln:";
 
+/// Name of the empty module that an `import` loads when a package's `browser` field maps the
+/// imported file or package to `false`.
+const IGNORED_MODULE: &str = "kiln:ignored";
+
+/// Source of [`IGNORED_MODULE`]: an empty object as the default export, as bundlers give an
+/// ignored module an empty `module.exports`.
+const IGNORED_SOURCE: &str = "export default {};\n";
+
 /// Returns the source of a built-in module by import specifier.
 fn builtin_source(specifier: &str) -> Option<&'static str> {
     match specifier {
@@ -48,7 +56,9 @@ pub struct SourceError {
 /// Resolves import specifiers the way bundlers for workers do: relative paths with the usual
 /// extensions, then packages from `node_modules` with the `workerd`, `worker`, `browser`,
 /// `import` and `default` export conditions. The `require` calls of CommonJS files resolve
-/// with the `node`, `require` and `default` conditions and the `main` field instead.
+/// with the `node`, `require` and `default` conditions and the `main` field instead. Both
+/// apply the file and package mappings of a package's `browser` field object, as bundlers for
+/// the browser platform do. A mapping to `false` makes the module empty.
 pub struct WorkerResolver {
     root: PathBuf,
     resolver: oxc_resolver::Resolver,
@@ -71,12 +81,14 @@ impl WorkerResolver {
             .map(String::from)
             .to_vec(),
             main_fields: vec!["module".into(), "main".into()],
+            alias_fields: vec![vec!["browser".into()]],
             ..oxc_resolver::ResolveOptions::default()
         };
         let require_options = oxc_resolver::ResolveOptions {
             extensions: [".js", ".cjs", ".json"].map(String::from).to_vec(),
             condition_names: ["node", "require", "default"].map(String::from).to_vec(),
             main_fields: vec!["main".into()],
+            alias_fields: vec![vec!["browser".into()]],
             ..oxc_resolver::ResolveOptions::default()
         };
         Self {
@@ -92,14 +104,15 @@ impl WorkerResolver {
     }
 
     /// Resolves the specifier of a `require` call in the module named `base` to a module name.
-    pub fn resolve_require(&self, base: &str, specifier: &str) -> Result<String, String> {
+    /// Returns `Ok(None)` when a `browser` field maps the specifier to `false`.
+    pub fn resolve_require(&self, base: &str, specifier: &str) -> Result<Option<String>, String> {
         let importer = self.root.join(base);
         let directory = importer.parent().unwrap_or(&self.root);
-        let resolution = self
-            .require_resolver
-            .resolve(directory, specifier)
-            .map_err(|err| err.to_string())?;
-        self.module_name(resolution.path())
+        match self.require_resolver.resolve(directory, specifier) {
+            Ok(resolution) => self.module_name(resolution.path()).map(Some),
+            Err(oxc_resolver::ResolveError::Ignored(_)) => Ok(None),
+            Err(err) => Err(err.to_string()),
+        }
     }
 
     /// Resolves `specifier` imported from the module named `base` to a module name.
@@ -120,11 +133,11 @@ impl WorkerResolver {
         }
         let importer = self.root.join(base);
         let directory = importer.parent().unwrap_or(&self.root);
-        let resolution = self
-            .resolver
-            .resolve(directory, specifier)
-            .map_err(|err| err.to_string())?;
-        self.module_name(resolution.path())
+        match self.resolver.resolve(directory, specifier) {
+            Ok(resolution) => self.module_name(resolution.path()),
+            Err(oxc_resolver::ResolveError::Ignored(_)) => Ok(IGNORED_MODULE.to_owned()),
+            Err(err) => Err(err.to_string()),
+        }
     }
 
     /// Returns the module name of a file: its path relative to the worker folder.
@@ -188,6 +201,9 @@ impl Loader for WorkerLoader {
         name: &str,
         _attributes: Option<ImportAttributes<'js>>,
     ) -> rquickjs::Result<Module<'js, rquickjs::module::Declared>> {
+        if name == IGNORED_MODULE {
+            return Module::declare(ctx.clone(), name, IGNORED_SOURCE);
+        }
         if let Some(specifier) = name.strip_prefix(BUILTIN_PREFIX) {
             let source =
                 builtin_source(specifier).ok_or_else(|| rquickjs::Error::new_loading(name))?;
@@ -252,7 +268,7 @@ pub(crate) fn transform_format(
         (None, false) => transform(name, text),
         (None, true) => Ok(LoadedSource {
             code: commonjs::module_proxy(file),
-            map: None,
+            map: Some(LineMap::generated()),
             requires: Vec::new(),
             cacheable: true,
         }),
@@ -260,7 +276,7 @@ pub(crate) fn transform_format(
             let requires = resolve_all(&scan.requires);
             Ok(LoadedSource {
                 code: commonjs::body_module(file, &text, &requires),
-                map: Some(LineMap::shifted(1)),
+                map: Some(LineMap::shifted(1, commonjs::line_count(&text))),
                 requires,
                 cacheable: true,
             })
@@ -271,7 +287,7 @@ pub(crate) fn transform_format(
             add_reexported_names(resolver, file, &scan.reexports, &mut exports, &mut visited);
             Ok(LoadedSource {
                 code: commonjs::import_module(file, &exports),
-                map: None,
+                map: Some(LineMap::generated()),
                 requires: Vec::new(),
                 cacheable: false,
             })
@@ -290,7 +306,7 @@ fn add_reexported_names(
     visited: &mut HashSet<String>,
 ) {
     for specifier in specifiers {
-        let Ok(target) = resolver.resolve_require(file, specifier) else {
+        let Ok(Some(target)) = resolver.resolve_require(file, specifier) else {
             continue;
         };
         if !visited.insert(target.clone()) {
@@ -424,15 +440,26 @@ pub struct LineMap {
     lines: Vec<Vec<(u32, u32, u32)>>,
     /// Lines added in front of an unchanged source, for a map without tokens.
     shift: u32,
+    /// Number of source lines, for a module that wraps its source in generated code. Positions
+    /// outside those lines are in the generated code and have no source position.
+    wrapped_lines: Option<u32>,
 }
 
 impl LineMap {
-    /// Returns the map of a source that starts `lines` lines down and is otherwise unchanged.
-    pub fn shifted(lines: u32) -> Self {
+    /// Returns the map of a source with `source_lines` lines that starts `lines` lines down in
+    /// generated code and is otherwise unchanged.
+    pub fn shifted(lines: u32, source_lines: u32) -> Self {
         Self {
             lines: Vec::new(),
             shift: lines,
+            wrapped_lines: Some(source_lines),
         }
+    }
+
+    /// Returns the map of a module that is all generated code, so none of its positions is in
+    /// the file that it is named after.
+    pub fn generated() -> Self {
+        Self::shifted(0, 0)
     }
 
     fn add(&mut self, line: u32, column: u32, source_line: u32, source_column: u32) {
@@ -446,7 +473,10 @@ impl LineMap {
     /// Looks up the 1-based source position of a 1-based output position.
     fn lookup(&self, line: u32, column: u32) -> Option<(u32, u32)> {
         if self.lines.is_empty() {
-            let source_line = line.checked_sub(self.shift).filter(|&line| line > 0)?;
+            let source_line = line
+                .checked_sub(self.shift)
+                .filter(|&line| line > 0)
+                .filter(|&line| self.wrapped_lines.is_none_or(|count| line <= count))?;
             return Some((source_line, column));
         }
         let tokens = self.lines.get(line.checked_sub(1)? as usize)?;
@@ -486,10 +516,16 @@ impl SourceMaps {
             output.push_str(&rest[..after]);
             rest = &rest[after..];
             let (position, consumed) = parse_position(rest);
-            if let Some((line, column)) =
-                position.and_then(|(line, column)| map.lookup(line, column))
-            {
+            let Some((line, column)) = position else {
+                continue;
+            };
+            if let Some((line, column)) = map.lookup(line, column) {
                 output.push_str(&format!("{line}:{column}"));
+                rest = &rest[consumed..];
+            } else if map.wrapped_lines.is_some() {
+                // A frame in generated wrapper code: name the file without a position, so that
+                // no one looks for it on a line of the file that does not contain it.
+                output.pop();
                 rest = &rest[consumed..];
             }
         }
@@ -574,6 +610,60 @@ mod tests {
         let frame = format!("    at f (a.ts:{}:{column})", line + 1);
         assert_eq!(maps.remap(&frame), "    at f (a.ts:6:3)");
         assert_eq!(maps.remap("at b.ts:1:1"), "at b.ts:1:1");
+    }
+
+    #[test]
+    fn wrapper_frames_drop_position() {
+        let maps = SourceMaps::default();
+        let body = format!("{}pkg/a.js", commonjs::BODY_PREFIX);
+        maps.insert(&body, LineMap::shifted(1, 2));
+        maps.insert("pkg/a.js", LineMap::generated());
+        let stack = format!(
+            "at f ({body}:2:5)\nat g ({body}:3:1)\nat h ({body}:4:9)\nat i ({body}:1:1)\nat <anonymous> (pkg/a.js:2:34)"
+        );
+        let remapped = maps.remap(&stack);
+        let lines: Vec<&str> = remapped.lines().collect();
+        assert_eq!(lines[0], "at f (pkg/a.js:1:5)");
+        assert_eq!(lines[1], "at g (pkg/a.js:2:1)");
+        assert_eq!(lines[2], "at h (pkg/a.js)");
+        assert_eq!(lines[3], "at i (pkg/a.js)");
+        assert_eq!(lines[4], "at <anonymous> (pkg/a.js)");
+    }
+
+    #[test]
+    fn browser_field_false_resolves_ignored() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("node_modules/pkg")).expect("pkg dir");
+        std::fs::write(
+            root.join("node_modules/pkg/package.json"),
+            r#"{"name": "pkg", "browser": {"./node.js": false, "./a.js": "./b.js", "events": "./b.js"}}"#,
+        )
+        .expect("package.json");
+        for file in ["index.js", "node.js", "a.js", "b.js"] {
+            std::fs::write(root.join("node_modules/pkg").join(file), "").expect("file");
+        }
+
+        let resolver = WorkerResolver::new(root);
+        let base = "node_modules/pkg/index.js";
+        assert_eq!(resolver.resolve_require(base, "./node"), Ok(None));
+        assert_eq!(
+            resolver.resolve_require(base, "./a.js"),
+            Ok(Some("node_modules/pkg/b.js".to_owned()))
+        );
+        assert_eq!(
+            resolver.resolve_require(base, "events"),
+            Ok(Some("node_modules/pkg/b.js".to_owned()))
+        );
+
+        assert_eq!(
+            resolver.resolve_name(base, "./node.js"),
+            Ok(IGNORED_MODULE.to_owned())
+        );
+        assert_eq!(
+            resolver.resolve_name(base, "./a.js"),
+            Ok("node_modules/pkg/b.js".to_owned())
+        );
     }
 
     #[test]

@@ -291,3 +291,96 @@ fn syntax_error_fails_start_with_position() {
         error.0
     );
 }
+
+/// A package like object-inspect: its `browser` field maps a Node-only file and a Node
+/// built-in to `false`, and one file to a replacement.
+const BROWSER_PACKAGE: [(&str, &str); 5] = [
+    (
+        "node_modules/browsery/package.json",
+        r#"{"name": "browsery", "main": "index.js",
+            "browser": {"./util.inspect.js": false, "util": false, "./impl.js": "./impl-browser.js"}}"#,
+    ),
+    (
+        "node_modules/browsery/index.js",
+        "const inspect = require('./util.inspect');\nconst util = require('util');\n\
+         exports.inspect = [typeof inspect, Object.keys(inspect).length];\n\
+         exports.util = [typeof util, Object.keys(util).length, util === require('util')];\n\
+         exports.impl = require('./impl.js').kind;\n",
+    ),
+    (
+        "node_modules/browsery/util.inspect.js",
+        "module.exports = require('util').inspect;\n",
+    ),
+    ("node_modules/browsery/impl.js", "exports.kind = 'node';\n"),
+    (
+        "node_modules/browsery/impl-browser.js",
+        "exports.kind = 'browser';\n",
+    ),
+];
+
+#[test]
+fn browser_field_false_gives_empty_exports() {
+    let value = evaluate(
+        &BROWSER_PACKAGE,
+        "import { inspect, util } from 'browsery';",
+        "[inspect, util]",
+    );
+    assert_eq!(value[0], json!(["object", 0]));
+    assert_eq!(value[1], json!(["object", 0, true]));
+}
+
+#[test]
+fn browser_field_replaces_required_file() {
+    let value = evaluate(&BROWSER_PACKAGE, "import { impl } from 'browsery';", "impl");
+    assert_eq!(value, json!("browser"));
+}
+
+#[test]
+fn browser_field_applies_to_imports() {
+    let mut files = BROWSER_PACKAGE.to_vec();
+    files.push((
+        "node_modules/browsery/esm.mjs",
+        "import inspect from './util.inspect.js';\nimport { kind } from './impl.js';\n\
+         export const found = [typeof inspect, Object.keys(inspect).length, kind];\n",
+    ));
+    let value = evaluate(
+        &files,
+        "import { found } from './node_modules/browsery/esm.mjs';",
+        "found",
+    );
+    assert_eq!(value, json!(["object", 0, "browser"]));
+}
+
+#[test]
+fn missing_require_error_names_call_site() {
+    let files = [
+        (
+            "index.js",
+            "import 'oneline';\nexport default { fetch() { return new Response('x'); } };\n",
+        ),
+        (
+            "node_modules/oneline/package.json",
+            r#"{"name": "oneline", "main": "index.js"}"#,
+        ),
+        (
+            "node_modules/oneline/index.js",
+            "// Needs a module that is not installed.\nconst a = 1;\nmodule.exports = require('not-installed').inspect;\n",
+        ),
+    ];
+    let error = start(&files, Limits::default()).err().expect("start fails");
+    let message = error.0;
+    assert!(
+        message.contains("Cannot find module 'not-installed'"),
+        "{message}"
+    );
+    // The error starts with the position of `require` on line 3 of the three-line file.
+    assert!(
+        message.starts_with("node_modules/oneline/index.js:3:18:"),
+        "{message}"
+    );
+    for line in 4..40 {
+        let generated = format!("node_modules/oneline/index.js:{line}:");
+        assert!(!message.contains(&generated), "{message}");
+    }
+    assert!(!message.contains("kiln-commonjs:"), "{message}");
+}

@@ -598,6 +598,9 @@ fn commonjs_packages_import() {
     assert_eq!(body["sides"], 4);
     assert_eq!(body["env"], "production");
     assert_eq!(body["processGlobal"], "undefined");
+    // The package.json `browser` field: a file mapped to `false` is an empty object, and a
+    // file mapped to another file loads that file.
+    assert_eq!(body["browserMap"], json!(["object", 0, "browser"]));
 }
 
 #[test]

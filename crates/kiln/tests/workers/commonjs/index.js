@@ -7,6 +7,7 @@ import { name, bSawA, done } from 'cycle';
 import { build } from 'dual';
 import { requiredBuild } from 'dual-user';
 import { sides, env } from 'shapes';
+import { inspectType, inspectKeys, platform } from 'browser-map';
 
 export default {
   fetch(request) {
@@ -27,6 +28,7 @@ export default {
       sides,
       env,
       processGlobal: typeof globalThis.process,
+      browserMap: [inspectType, inspectKeys, platform],
     });
   },
 };
