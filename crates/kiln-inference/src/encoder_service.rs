@@ -18,6 +18,7 @@ use crate::embeddings::{self, EmbeddingsInput, TextEncoder};
 use crate::engines::OnnxEngineOptions;
 use crate::image_classification::{self, ImageClassifier};
 use crate::sequence_classification::SequenceClassifier;
+use crate::usage::EncoderCounts;
 use crate::{ErrorKind, InferenceError};
 
 #[derive(Clone)]
@@ -49,8 +50,14 @@ impl EncoderService {
         }
     }
 
-    /// Validates `input` for the model's task, loads the model if needed and runs it.
-    pub async fn run(&self, manifest: &Manifest, input: Value) -> Result<Value, InferenceError> {
+    /// Validates `input` for the model's task, loads the model if needed and runs it. Returns
+    /// the result with the counts that usage accounting records.
+    pub async fn run(
+        &self,
+        manifest: &Manifest,
+        input: Value,
+    ) -> Result<(Value, EncoderCounts), InferenceError> {
+        let no_counts = |result: Value| (result, EncoderCounts::default());
         match manifest.task {
             Task::TextEmbeddings => {
                 let input = EmbeddingsInput::parse(input)?;
@@ -58,17 +65,20 @@ impl EncoderService {
                     return Err(wrong_kind(manifest));
                 };
                 let result = encoder.embed(&input.texts, input.pooling).await?;
-                Ok(embeddings::output(
-                    &result,
-                    encoder.dimensions,
-                    input.pooling,
-                ))
+                let counts = EncoderCounts {
+                    input_tokens: result.tokens as u64,
+                    images: 0,
+                };
+                let output = embeddings::output(&result, encoder.dimensions, input.pooling);
+                Ok((output, counts))
             }
             Task::TextClassification => {
                 let text = classification::parse_text(input)?;
+                // NOTE: text classification records no input tokens, because the classifiers do
+                // not report how many tokens they encoded.
                 match self.load(manifest).await? {
-                    Loaded::ZeroShot(classifier) => classifier.classify(text).await,
-                    Loaded::Sequence(classifier) => classifier.classify(text).await,
+                    Loaded::ZeroShot(classifier) => classifier.classify(text).await.map(no_counts),
+                    Loaded::Sequence(classifier) => classifier.classify(text).await.map(no_counts),
                     _ => Err(wrong_kind(manifest)),
                 }
             }
@@ -77,13 +87,18 @@ impl EncoderService {
                 let Loaded::Image(classifier) = self.load(manifest).await? else {
                     return Err(wrong_kind(manifest));
                 };
-                classifier.classify(bytes).await
+                let result = classifier.classify(bytes).await?;
+                let counts = EncoderCounts {
+                    input_tokens: 0,
+                    images: 1,
+                };
+                Ok((result, counts))
             }
             Task::Custom => {
                 let Loaded::Custom(model) = self.load(manifest).await? else {
                     return Err(wrong_kind(manifest));
                 };
-                model.run(input).await
+                model.run(input).await.map(no_counts)
             }
             Task::TextGeneration => Err(InferenceError::internal(
                 "text generation does not run on the encoder service",
