@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tower_http::catch_panic::CatchPanicLayer;
 
+use crate::usage::UsageRecorder;
 use crate::{errors, log_request, RequestId};
 
 /// The worker that serves requests, replaced in place when `kiln dev` reloads the folder.
@@ -71,6 +72,8 @@ pub struct WorkerState {
     /// Serve `/__scheduled?cron=EXPR` by running the worker's scheduled handler once, as
     /// `wrangler dev --test-scheduled` does. When false, that path goes to the worker's fetch.
     pub test_scheduled: bool,
+    /// Usage counters that count each fetch request, when the node keeps them.
+    pub usage: Option<Arc<UsageRecorder>>,
 }
 
 /// Builds a router that sends every path and method to the worker in `state.slot`.
@@ -140,6 +143,9 @@ async fn handle(State(state): State<Arc<WorkerState>>, request: Request) -> Resp
         cf: request_cf(&state, &parts.headers, parts.version),
     };
 
+    if let Some(usage) = &state.usage {
+        usage.record_worker_request(worker.name());
+    }
     let mut outcome = Outcome::new(worker.name());
     let result = worker.fetch(request).await;
     let (response, name) = match result {
@@ -313,6 +319,9 @@ fn plain(status: StatusCode, text: String) -> Response {
 /// and errors as `POST /ai/run/{model}`.
 pub struct InferenceAi {
     pub inference: Arc<InferenceService>,
+    /// The worker that owns this binding. Its runs count as that worker's usage, or outside
+    /// any worker when `None`.
+    pub worker: Option<String>,
 }
 
 impl AiBinding for InferenceAi {
@@ -323,9 +332,11 @@ impl AiBinding for InferenceAi {
         _options: Value,
     ) -> BoxFuture<'static, Result<AiOutput, AiError>> {
         let inference = Arc::clone(&self.inference);
+        let worker = self.worker.clone();
         Box::pin(async move {
             let started = std::time::Instant::now();
-            let run = inference.run(&model, inputs).await.map_err(|error| {
+            let run = inference.run_for_worker(worker.as_deref(), &model, inputs);
+            let run = run.await.map_err(|error| {
                 tracing::info!(model = %model, code = error.code(), error = %error.message, "env.AI.run failed");
                 AiError {
                     name: error.name().to_owned(),
