@@ -22,10 +22,14 @@ pub const USAGE_FILE: &str = "usage.redb";
 /// How often a running node adds its in-memory counters to [`USAGE_FILE`].
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 
-/// (hour since the Unix epoch, UTC; worker name or ""; model id or "") → (requests, input
-/// tokens, output tokens, images, compute seconds).
-const TABLE: TableDefinition<(u64, &str, &str), (u64, u64, u64, u64, f64)> =
-    TableDefinition::new("usage_hourly");
+/// Stored key of a bucket: (hour since the Unix epoch, worker or "", model or "").
+type StoredKey<'a> = (u64, &'a str, &'a str);
+
+/// Stored counters, in the order of the [`Counters`] fields.
+type Tuple = (u64, u64, u64, u64, f64);
+
+/// Buckets of [`Counters`], one per (UTC hour, worker, model).
+const TABLE: TableDefinition<StoredKey, Tuple> = TableDefinition::new("usage_hourly");
 
 /// Counters of one (hour, worker, model) bucket, or of a sum of buckets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -67,9 +71,7 @@ impl Counters {
     }
 }
 
-type Tuple = (u64, u64, u64, u64, f64);
-
-/// Key of a bucket: (hour since the Unix epoch, worker or "", model or "").
+/// Key of a bucket in memory, as [`StoredKey`] with owned names.
 type BucketKey = (u64, String, String);
 
 /// Usage of one (worker, model) pair over the queried hours.

@@ -22,7 +22,7 @@ pub struct UsageArgs {
     /// an hour more). Default: all recorded usage.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     since: Option<Duration>,
-    /// Output format: table (default) or json.
+    /// Output format: table or json.
     #[arg(long, value_name = "FORMAT", default_value = "table", value_parser = ["table", "json"])]
     format: String,
     /// URL of a running node, e.g. http://127.0.0.1:8787.
