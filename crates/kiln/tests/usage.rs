@@ -292,6 +292,13 @@ fn since_selects_recent_hours() {
         .send()
         .expect("send the request");
     assert_eq!(response.status().as_u16(), 400);
+
+    // The running node keeps usage.redb open, so reading its folder directly fails and the
+    // error names --node as the fix.
+    let data_dir = data_dir.to_str().expect("UTF-8 path");
+    let locked = kiln(&["usage", "--data-dir", data_dir]);
+    assert!(!locked.status.success());
+    assert!(stderr(&locked).contains("--node"), "{}", stderr(&locked));
 }
 
 #[test]
@@ -360,7 +367,7 @@ fn worker_ai_runs_count_for_the_worker() {
     let runs = row(&report, "chat", CHAT_MODEL);
     assert_eq!(counter(runs, "requests"), 2);
     assert!(counter(runs, "input_tokens") > 0, "{report:#}");
-    // The worker requests at most 64 tokens per answer.
+    // The worker sets max_tokens to 64 per request.
     let output_tokens = counter(runs, "output_tokens");
     assert!(output_tokens > 0, "{report:#}");
     assert!(output_tokens <= 2 * 64, "{report:#}");
@@ -378,4 +385,54 @@ fn worker_ai_runs_count_for_the_worker() {
     ]);
     assert_eq!(filtered["rows"], json!([]));
     assert_eq!(counter(&filtered["total"], "requests"), 0);
+}
+
+#[test]
+fn canceled_stream_still_counts() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let node = Node::start_at(&models_dir(), "", home.path());
+    let token = create_token(&home.path().join("data"), "read");
+    let body = json!({
+        "model": CHAT_MODEL,
+        "messages": chat_messages("Write a long story about a lighthouse."),
+        "max_tokens": 256,
+        "stream": true,
+    });
+    let mut response = node
+        .client()
+        .post(node.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .expect("send the request");
+    assert!(response.status().is_success(), "{}", response.status());
+    let mut first_bytes = [0u8; 64];
+    let read = std::io::Read::read(&mut response, &mut first_bytes).expect("read the stream");
+    assert!(read > 0);
+    // Closing the connection drops the generation on the node.
+    drop(response);
+
+    // The node records the usage when it notices the closed connection, so poll for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let chat = loop {
+        let report: Value = node
+            .client()
+            .get(node.url(&format!("/admin/v1/usage?model={CHAT_MODEL}")))
+            .bearer_auth(&token)
+            .send()
+            .expect("send the request")
+            .json()
+            .expect("a JSON body");
+        let rows = report["result"]["rows"].as_array().expect("rows").clone();
+        if let Some(chat) = rows.into_iter().next() {
+            break chat;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no usage row for the canceled stream: {report}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(counter(&chat, "requests"), 1);
+    assert!(counter(&chat, "input_tokens") > 0, "{chat}");
+    assert!(counter(&chat, "output_tokens") < 256, "{chat}");
 }
