@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use kiln_models::{EngineKind, Manifest, ModelStore, Task};
 use serde_json::Value;
@@ -51,54 +52,57 @@ impl EncoderService {
     }
 
     /// Validates `input` for the model's task, loads the model if needed and runs it. Returns
-    /// the result with the counts that usage accounting records.
+    /// the result with the counts that usage accounting records, timed from after the load.
     pub async fn run(
         &self,
         manifest: &Manifest,
         input: Value,
     ) -> Result<(Value, EncoderCounts), InferenceError> {
-        let no_counts = |result: Value| (result, EncoderCounts::default());
+        let counts = |started: Instant, input_tokens: u64, images: u64| EncoderCounts {
+            input_tokens,
+            images,
+            compute_seconds: started.elapsed().as_secs_f64(),
+        };
         match manifest.task {
             Task::TextEmbeddings => {
                 let input = EmbeddingsInput::parse(input)?;
                 let Loaded::Encoder(encoder) = self.load(manifest).await? else {
                     return Err(wrong_kind(manifest));
                 };
+                let started = Instant::now();
                 let result = encoder.embed(&input.texts, input.pooling).await?;
-                let counts = EncoderCounts {
-                    input_tokens: result.tokens as u64,
-                    images: 0,
-                };
                 let output = embeddings::output(&result, encoder.dimensions, input.pooling);
-                Ok((output, counts))
+                Ok((output, counts(started, result.tokens as u64, 0)))
             }
             Task::TextClassification => {
                 let text = classification::parse_text(input)?;
+                let loaded = self.load(manifest).await?;
+                let started = Instant::now();
+                let result = match loaded {
+                    Loaded::ZeroShot(classifier) => classifier.classify(text).await?,
+                    Loaded::Sequence(classifier) => classifier.classify(text).await?,
+                    _ => return Err(wrong_kind(manifest)),
+                };
                 // NOTE: text classification records no input tokens, because the classifiers do
                 // not report how many tokens they encoded.
-                match self.load(manifest).await? {
-                    Loaded::ZeroShot(classifier) => classifier.classify(text).await.map(no_counts),
-                    Loaded::Sequence(classifier) => classifier.classify(text).await.map(no_counts),
-                    _ => Err(wrong_kind(manifest)),
-                }
+                Ok((result, counts(started, 0, 0)))
             }
             Task::ImageClassification => {
                 let bytes = image_classification::parse_image(input)?;
                 let Loaded::Image(classifier) = self.load(manifest).await? else {
                     return Err(wrong_kind(manifest));
                 };
+                let started = Instant::now();
                 let result = classifier.classify(bytes).await?;
-                let counts = EncoderCounts {
-                    input_tokens: 0,
-                    images: 1,
-                };
-                Ok((result, counts))
+                Ok((result, counts(started, 0, 1)))
             }
             Task::Custom => {
                 let Loaded::Custom(model) = self.load(manifest).await? else {
                     return Err(wrong_kind(manifest));
                 };
-                model.run(input).await.map(no_counts)
+                let started = Instant::now();
+                let result = model.run(input).await?;
+                Ok((result, counts(started, 0, 0)))
             }
             Task::TextGeneration => Err(InferenceError::internal(
                 "text generation does not run on the encoder service",

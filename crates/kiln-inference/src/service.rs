@@ -195,24 +195,24 @@ impl InferenceService {
         match manifest.task {
             Task::TextGeneration => {
                 let input = TextGenerationInput::parse(input, self.options.max_generated_tokens)?;
-                let started = std::time::Instant::now();
                 let mut stream = self.start_generation(manifest, &input).await?;
                 stream.attach_usage(usage.clone());
+                let submitted = stream.submitted_at();
                 if input.stream {
                     return Ok((Output::TextStream(stream), None));
                 }
                 let completion = text_generation::collect(stream).await?;
                 let json_mode = input.response_format.is_some();
                 let output = Output::Json(text_generation::native_result(&completion, json_mode)?);
-                // The stream sent its record to the sink when it finished; this copy, timed from a
-                // moment before the submission, is for the caller.
+                // The stream sent its record to the sink when it finished; this copy is for the
+                // caller.
                 let record = UsageRecord {
                     model: manifest.id.clone(),
                     worker: usage.worker,
                     input_tokens: u64::from(completion.usage.prompt_tokens),
                     output_tokens: u64::from(completion.usage.completion_tokens),
                     images: 0,
-                    compute_seconds: started.elapsed().as_secs_f64(),
+                    compute_seconds: submitted.elapsed().as_secs_f64(),
                 };
                 Ok((output, Some(record)))
             }
@@ -220,7 +220,6 @@ impl InferenceService {
             | Task::TextClassification
             | Task::ImageClassification
             | Task::Custom => {
-                let started = std::time::Instant::now();
                 let (result, counts) = self.encoders.run(manifest, input).await?;
                 let record = UsageRecord {
                     model: manifest.id.clone(),
@@ -228,7 +227,7 @@ impl InferenceService {
                     input_tokens: counts.input_tokens,
                     output_tokens: 0,
                     images: counts.images,
-                    compute_seconds: started.elapsed().as_secs_f64(),
+                    compute_seconds: counts.compute_seconds,
                 };
                 usage.record(record.clone());
                 Ok((Output::Json(result), Some(record)))

@@ -22,8 +22,8 @@ pub struct UsageRecord {
     /// Images an image classification model classified.
     pub images: u64,
     /// Seconds the model spent on the request. A generation counts from its submission to the
-    /// model to its last token. The other tasks count the request's wall time in the encoder
-    /// service, which includes the wait for a batch and the whole batch's forward passes.
+    /// model to its last token. The other tasks count the request's wall time once the model is
+    /// loaded: input preprocessing, the wait for a batch and the whole batch's forward passes.
     pub compute_seconds: f64,
 }
 
@@ -48,9 +48,11 @@ impl UsageContext {
     }
 }
 
-/// Counts of one encoder run, before its time and caller are added.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Counts of one encoder run, before its caller is added.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(crate) struct EncoderCounts {
     pub input_tokens: u64,
     pub images: u64,
+    /// Wall time of the run after the model was loaded, preprocessing and batch wait included.
+    pub compute_seconds: f64,
 }

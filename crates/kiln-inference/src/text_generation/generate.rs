@@ -116,6 +116,11 @@ impl TextStream {
         }
     }
 
+    /// Returns when the request was submitted to the model.
+    pub(crate) fn submitted_at(&self) -> Instant {
+        self.submitted
+    }
+
     /// Makes the stream report its usage to `usage` when it finishes or is dropped.
     pub(crate) fn attach_usage(&mut self, usage: UsageContext) {
         self.usage = usage;
