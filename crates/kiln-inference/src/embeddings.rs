@@ -269,6 +269,8 @@ pub struct Embeddings {
     pub vectors: Vec<Vec<f32>>,
     /// Whether each text was cut to the model's token limit.
     pub truncated: Vec<bool>,
+    /// Tokens encoded over all texts, special tokens included, after truncation.
+    pub tokens: usize,
 }
 
 impl TextEncoder {
@@ -364,8 +366,13 @@ impl TextEncoder {
                 pooling,
             });
         }
+        let tokens = items.iter().map(|item| item.tokens.len()).sum();
         let vectors = self.worker.submit(items).await?;
-        Ok(Embeddings { vectors, truncated })
+        Ok(Embeddings {
+            vectors,
+            truncated,
+            tokens,
+        })
     }
 }
 

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use kiln_models::{EngineKind, Manifest, ModelStore, Task};
 use serde_json::Value;
@@ -18,6 +19,7 @@ use crate::embeddings::{self, EmbeddingsInput, TextEncoder};
 use crate::engines::OnnxEngineOptions;
 use crate::image_classification::{self, ImageClassifier};
 use crate::sequence_classification::SequenceClassifier;
+use crate::usage::EncoderCounts;
 use crate::{ErrorKind, InferenceError};
 
 #[derive(Clone)]
@@ -49,41 +51,58 @@ impl EncoderService {
         }
     }
 
-    /// Validates `input` for the model's task, loads the model if needed and runs it.
-    pub async fn run(&self, manifest: &Manifest, input: Value) -> Result<Value, InferenceError> {
+    /// Validates `input` for the model's task, loads the model if needed and runs it. Returns
+    /// the result with the counts that usage accounting records, timed from after the load.
+    pub async fn run(
+        &self,
+        manifest: &Manifest,
+        input: Value,
+    ) -> Result<(Value, EncoderCounts), InferenceError> {
+        let counts = |started: Instant, input_tokens: u64, images: u64| EncoderCounts {
+            input_tokens,
+            images,
+            compute_seconds: started.elapsed().as_secs_f64(),
+        };
         match manifest.task {
             Task::TextEmbeddings => {
                 let input = EmbeddingsInput::parse(input)?;
                 let Loaded::Encoder(encoder) = self.load(manifest).await? else {
                     return Err(wrong_kind(manifest));
                 };
+                let started = Instant::now();
                 let result = encoder.embed(&input.texts, input.pooling).await?;
-                Ok(embeddings::output(
-                    &result,
-                    encoder.dimensions,
-                    input.pooling,
-                ))
+                let output = embeddings::output(&result, encoder.dimensions, input.pooling);
+                Ok((output, counts(started, result.tokens as u64, 0)))
             }
             Task::TextClassification => {
                 let text = classification::parse_text(input)?;
-                match self.load(manifest).await? {
-                    Loaded::ZeroShot(classifier) => classifier.classify(text).await,
-                    Loaded::Sequence(classifier) => classifier.classify(text).await,
-                    _ => Err(wrong_kind(manifest)),
-                }
+                let loaded = self.load(manifest).await?;
+                let started = Instant::now();
+                let result = match loaded {
+                    Loaded::ZeroShot(classifier) => classifier.classify(text).await?,
+                    Loaded::Sequence(classifier) => classifier.classify(text).await?,
+                    _ => return Err(wrong_kind(manifest)),
+                };
+                // NOTE: text classification records no input tokens, because the classifiers do
+                // not report how many tokens they encoded.
+                Ok((result, counts(started, 0, 0)))
             }
             Task::ImageClassification => {
                 let bytes = image_classification::parse_image(input)?;
                 let Loaded::Image(classifier) = self.load(manifest).await? else {
                     return Err(wrong_kind(manifest));
                 };
-                classifier.classify(bytes).await
+                let started = Instant::now();
+                let result = classifier.classify(bytes).await?;
+                Ok((result, counts(started, 0, 1)))
             }
             Task::Custom => {
                 let Loaded::Custom(model) = self.load(manifest).await? else {
                     return Err(wrong_kind(manifest));
                 };
-                model.run(input).await
+                let started = Instant::now();
+                let result = model.run(input).await?;
+                Ok((result, counts(started, 0, 0)))
             }
             Task::TextGeneration => Err(InferenceError::internal(
                 "text generation does not run on the encoder service",

@@ -19,6 +19,7 @@ pub mod request_log;
 pub mod sequence_classification;
 mod service;
 pub mod text_generation;
+mod usage;
 
 pub use batching::BatchOptions;
 pub use catalog::{catalog_entry, hosted_task};
@@ -28,3 +29,4 @@ pub use error::{ErrorKind, InferenceError};
 pub use kiln_engine_llama::EngineOptions;
 pub use service::{InferenceService, Output, RunOutput, ServiceOptions};
 pub use text_generation::{sse_event, StreamItem, TextGenerationInput, TextStream, SSE_DONE};
+pub use usage::{UsageRecord, UsageSink};

@@ -12,6 +12,7 @@ use crate::batching::BatchOptions;
 use crate::encoder_service::EncoderService;
 use crate::engines::OnnxEngineOptions;
 use crate::text_generation::{self, TextGenerationInput, TextStream};
+use crate::usage::{UsageContext, UsageRecord, UsageSink};
 use crate::{catalog, request_log, ErrorKind, InferenceError};
 
 /// Settings of the service, taken from the node configuration.
@@ -35,6 +36,9 @@ pub struct RunOutput {
     /// The installed model that ran, after alias resolution.
     pub model: String,
     pub output: Output,
+    /// The run's usage, already sent to the usage sink. `None` for a streamed generation,
+    /// whose usage is known only when the stream ends.
+    pub usage: Option<UsageRecord>,
 }
 
 pub enum Output {
@@ -67,6 +71,8 @@ pub struct InferenceService {
     loaded: Mutex<HashMap<String, LoadSlot>>,
     /// Models of every task except text generation.
     encoders: EncoderService,
+    /// Receiver of a usage record per run, when the node keeps usage accounting.
+    usage_sink: Option<Arc<dyn UsageSink>>,
 }
 
 impl InferenceService {
@@ -81,6 +87,20 @@ impl InferenceService {
             options,
             loaded: Mutex::new(HashMap::new()),
             encoders,
+            usage_sink: None,
+        }
+    }
+
+    /// Sends a [`UsageRecord`] of every following run to `sink`.
+    pub fn with_usage_sink(mut self, sink: Arc<dyn UsageSink>) -> Self {
+        self.usage_sink = Some(sink);
+        self
+    }
+
+    fn usage_context(&self, worker: Option<&str>) -> UsageContext {
+        UsageContext {
+            sink: self.usage_sink.clone(),
+            worker: worker.map(str::to_owned),
         }
     }
 
@@ -131,10 +151,24 @@ impl InferenceService {
 
     /// Validates `input` for the model's task, loads the model if needed and runs it.
     pub async fn run(&self, model: &str, input: Value) -> Result<RunOutput, InferenceError> {
-        let requested = model;
+        self.run_for_worker(None, model, input).await
+    }
+
+    /// Runs a model like [`InferenceService::run`], attributing its usage to `worker` (the
+    /// worker whose `env.AI.run` call made the request), or to no worker when `None`.
+    pub async fn run_for_worker(
+        &self,
+        worker: Option<&str>,
+        model: &str,
+        input: Value,
+    ) -> Result<RunOutput, InferenceError> {
+        let model_requested = model;
         let manifest = self.resolve(model)?;
         let started = std::time::Instant::now();
-        let result = self.run_resolved(&manifest, input).await;
+        let result = self
+            .run_resolved(&manifest, input, self.usage_context(worker))
+            .await;
+        let elapsed = started.elapsed().as_secs_f64();
         let outcome = match &result {
             Ok(_) => "ok",
             Err(error) => error.name(),
@@ -143,51 +177,74 @@ impl InferenceService {
         metrics::counter!("kiln_inference_requests_total", "model" => model.clone(), "outcome" => outcome)
             .increment(1);
         metrics::histogram!("kiln_inference_duration_seconds", "model" => model.clone())
-            .record(started.elapsed().as_secs_f64());
-        let usage = match &result {
-            Ok(Output::Json(value)) => value.get("usage"),
-            _ => None,
-        };
-        let tokens = |field: &str| usage.and_then(|usage| usage.get(field)?.as_u64());
+            .record(elapsed);
+        let usage = result.as_ref().ok().and_then(|(_, usage)| usage.as_ref());
         request_log::record(request_log::ModelRun {
-            requested: requested.to_owned(),
+            requested: model_requested.to_owned(),
             model,
             outcome: outcome.to_owned(),
-            ms: started.elapsed().as_secs_f64() * 1000.0,
-            input_tokens: tokens("prompt_tokens"),
-            output_tokens: tokens("completion_tokens"),
+            ms: elapsed * 1000.0,
+            input_tokens: usage.map(|usage| usage.input_tokens),
+            output_tokens: usage.map(|usage| usage.output_tokens),
             cache: None,
         });
-        result.map(|output| RunOutput {
+        result.map(|(output, usage)| RunOutput {
             model: manifest.id,
             output,
+            usage,
         })
     }
 
     /// Runs a resolved model: the part of [`InferenceService::run`] that the metrics time.
+    /// Sends the usage of a run that succeeded to the sink, and returns it unless the output
+    /// is a stream (which records its own usage when it ends).
     async fn run_resolved(
         &self,
         manifest: &Manifest,
         input: Value,
-    ) -> Result<Output, InferenceError> {
-        let output = match manifest.task {
+        usage: UsageContext,
+    ) -> Result<(Output, Option<UsageRecord>), InferenceError> {
+        match manifest.task {
             Task::TextGeneration => {
                 let input = TextGenerationInput::parse(input, self.options.max_generated_tokens)?;
-                let stream = self.start_generation(manifest, &input).await?;
+                let mut stream = self.start_generation(manifest, &input).await?;
+                stream.attach_usage(usage.clone());
+                let submitted = stream.submitted_at();
                 if input.stream {
-                    Output::TextStream(stream)
-                } else {
-                    let completion = text_generation::collect(stream).await?;
-                    let json_mode = input.response_format.is_some();
-                    Output::Json(text_generation::native_result(&completion, json_mode)?)
+                    return Ok((Output::TextStream(stream), None));
                 }
+                let completion = text_generation::collect(stream).await?;
+                let json_mode = input.response_format.is_some();
+                let output = Output::Json(text_generation::native_result(&completion, json_mode)?);
+                // The stream sent its record to the sink when it finished; this copy is for the
+                // caller.
+                let record = UsageRecord {
+                    model: manifest.id.clone(),
+                    worker: usage.worker,
+                    input_tokens: u64::from(completion.usage.prompt_tokens),
+                    output_tokens: u64::from(completion.usage.completion_tokens),
+                    images: 0,
+                    compute_seconds: submitted.elapsed().as_secs_f64(),
+                };
+                Ok((output, Some(record)))
             }
             Task::TextEmbeddings
             | Task::TextClassification
             | Task::ImageClassification
-            | Task::Custom => Output::Json(self.encoders.run(manifest, input).await?),
-        };
-        Ok(output)
+            | Task::Custom => {
+                let (result, counts) = self.encoders.run(manifest, input).await?;
+                let record = UsageRecord {
+                    model: manifest.id.clone(),
+                    worker: usage.worker.clone(),
+                    input_tokens: counts.input_tokens,
+                    output_tokens: 0,
+                    images: counts.images,
+                    compute_seconds: counts.compute_seconds,
+                };
+                usage.record(record.clone());
+                Ok((Output::Json(result), Some(record)))
+            }
+        }
     }
 
     /// Starts a text generation from an input that the caller built and validated (the
@@ -211,7 +268,8 @@ impl InferenceService {
                 self.options.max_generated_tokens, input.max_tokens
             )));
         }
-        let stream = self.start_generation(&manifest, input).await?;
+        let mut stream = self.start_generation(&manifest, input).await?;
+        stream.attach_usage(self.usage_context(None));
         Ok((manifest.id, stream))
     }
 

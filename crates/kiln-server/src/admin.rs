@@ -17,6 +17,12 @@
 //!   takes `expiration_ttl`, `expiration` and `metadata` (JSON) as query parameters;
 //! - `PUT /admin/v1/kv/namespaces/{ns}/bulk`: a JSON array of `{key, value, expiration?,
 //!   expiration_ttl?, metadata?, base64?}`, the format of Wrangler's bulk put.
+//!
+//! Usage (any token):
+//!
+//! - `GET /admin/v1/usage?worker=NAME&model=ID&since=DURATION`: `{"rows": [...], "total":
+//!   {...}}`, one row per (worker, model) with requests, input and output tokens, images and
+//!   compute seconds (see [`crate::usage`]). `since` takes `30m`, `24h`, `7d` and the like.
 
 use std::sync::Arc;
 
@@ -62,6 +68,48 @@ pub fn routes() -> Router<Arc<AppState>> {
             "/admin/v1/kv/namespaces/{namespace}/values/{*key}",
             get(get_value).put(put_value).delete(delete_value),
         )
+        .route("/admin/v1/usage", get(usage_report))
+}
+
+#[derive(Deserialize)]
+struct UsageQuery {
+    worker: Option<String>,
+    model: Option<String>,
+    since: Option<String>,
+}
+
+/// `GET /admin/v1/usage`: flushes the node's counters and returns the selected rows.
+async fn usage_report(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<UsageQuery>,
+) -> AdminResult {
+    authorize(&state, &headers, Scope::Read)?;
+    let since = match query.since.as_deref() {
+        Some(text) => Some(
+            crate::usage::parse_duration(text)
+                .map_err(|error| AdminError::new(400, format!("`since`: {error}")))?,
+        ),
+        None => None,
+    };
+    let Some(recorder) = state.usage.clone() else {
+        return Err(AdminError::new(503, "this node keeps no usage counters"));
+    };
+    let filter = crate::usage::UsageFilter {
+        worker: query.worker,
+        model: query.model,
+        since,
+    };
+    let report = tokio::task::spawn_blocking(move || recorder.query(&filter))
+        .await
+        .map_err(|error| AdminError::new(500, format!("the usage query task failed: {error}")))?
+        .map_err(|error| {
+            tracing::error!(error = %error, "usage query failed");
+            AdminError::new(500, error)
+        })?;
+    let result = serde_json::to_value(report)
+        .map_err(|error| AdminError::new(500, format!("encoding the usage failed: {error}")))?;
+    Ok(success(result))
 }
 
 /// A refused or failed admin request: `{"success": false, "errors": [{code, message}]}`.

@@ -7,7 +7,8 @@
 //!   OpenAI-compatible API, also under `/client/v4/accounts/{account_id}/ai/v1/`;
 //! - `GET /metrics`: the node's metrics in Prometheus text format (see [`install_metrics`]);
 //! - `GET /healthz`: liveness; `GET /readyz`: readiness (preloaded models, KV store);
-//! - `/admin/v1/...`: the admin API, with bearer tokens (see [`admin`]).
+//! - `/admin/v1/...`: the admin API, with bearer tokens (see [`admin`]), including the usage
+//!   counters of [`usage`].
 //!
 //! [`worker_router`] serves a JavaScript worker on every path instead, as `kiln dev` does.
 
@@ -22,6 +23,7 @@ mod openai;
 mod run;
 mod sse;
 pub mod tokens;
+pub mod usage;
 mod worker;
 
 use std::sync::Arc;
@@ -68,6 +70,8 @@ pub struct AppState {
     pub data_dir: std::path::PathBuf,
     /// Preloads still running or failed, for `GET /readyz`.
     pub readiness: Arc<Readiness>,
+    /// The node's usage counters, for `GET /admin/v1/usage`; `None` when the node keeps none.
+    pub usage: Option<Arc<usage::UsageRecorder>>,
 }
 
 /// Builds the router with every route, request logging and panic isolation.

@@ -381,10 +381,7 @@ pub async fn embeddings(
             json!({"object": "embedding", "index": index, "embedding": embedding})
         })
         .collect();
-    let tokens = result
-        .pointer("/usage/prompt_tokens")
-        .cloned()
-        .unwrap_or(json!(0));
+    let tokens = run.usage.as_ref().map_or(0, |usage| usage.input_tokens);
     let mut response = json_response(
         StatusCode::OK,
         json!({

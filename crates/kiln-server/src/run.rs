@@ -125,6 +125,8 @@ async fn run_cached(
         let output = RunOutput {
             model: manifest.id,
             output: Output::Json(result),
+            // A cached result ran no model, so it counts no usage.
+            usage: None,
         };
         return Ok((output, true));
     }

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tower_http::catch_panic::CatchPanicLayer;
 
+use crate::usage::UsageRecorder;
 use crate::{errors, log_request, RequestId};
 
 /// The worker that serves requests, replaced in place when `kiln dev` reloads the folder.
@@ -71,6 +72,8 @@ pub struct WorkerState {
     /// Serve `/__scheduled?cron=EXPR` by running the worker's scheduled handler once, as
     /// `wrangler dev --test-scheduled` does. When false, that path goes to the worker's fetch.
     pub test_scheduled: bool,
+    /// Usage counters that count each fetch request, when the node keeps them.
+    pub usage: Option<Arc<UsageRecorder>>,
 }
 
 /// Builds a router that sends every path and method to the worker in `state.slot`, except the
@@ -147,6 +150,9 @@ async fn handle(State(state): State<Arc<WorkerState>>, request: Request) -> Resp
     };
 
     let country = request.cf["country"].as_str().unwrap_or("").to_owned();
+    if let Some(usage) = &state.usage {
+        usage.record_worker_request(worker.name());
+    }
     let mut outcome = Outcome::new(worker.name());
     let log = WorkerLog {
         worker: worker.name().to_owned(),
@@ -342,6 +348,9 @@ fn plain(status: StatusCode, text: String) -> Response {
 /// and errors as `POST /ai/run/{model}`.
 pub struct InferenceAi {
     pub inference: Arc<InferenceService>,
+    /// The worker that owns this binding. Its runs count as that worker's usage, or outside
+    /// any worker when `None`.
+    pub worker: Option<String>,
 }
 
 impl AiBinding for InferenceAi {
@@ -352,6 +361,7 @@ impl AiBinding for InferenceAi {
         options: Value,
     ) -> BoxFuture<'static, Result<AiOutput, AiError>> {
         let inference = Arc::clone(&self.inference);
+        let worker = self.worker.clone();
         Box::pin(async move {
             let started = std::time::Instant::now();
             let timeout = options.pointer("/gateway/requestTimeoutMs").map(|value| {
@@ -361,7 +371,8 @@ impl AiBinding for InferenceAi {
             });
             let run = async {
                 let deadline = Deadline::parse(timeout.as_deref(), "gateway.requestTimeoutMs")?;
-                deadline.run(inference.run(&model, inputs)).await
+                let run = inference.run_for_worker(worker.as_deref(), &model, inputs);
+                deadline.run(run).await
             };
             let run = run.await.map_err(|error| {
                 tracing::info!(model = %model, code = error.code(), error = %error.message, "env.AI.run failed");

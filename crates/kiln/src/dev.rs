@@ -84,17 +84,19 @@ async fn serve(config: NodeConfig, store: ModelStore, options: ServeOptions) -> 
         test_scheduled,
     } = options;
     kiln_server::install_metrics();
-    let inference = Arc::new(InferenceService::new(
-        store,
-        crate::serve::service_options(&config),
-    ));
+    let usage = crate::serve::open_usage(&data_dir)?;
+    let inference = Arc::new(
+        InferenceService::new(store, crate::serve::service_options(&config))
+            .with_usage_sink(Arc::clone(&usage) as Arc<dyn kiln_inference::UsageSink>),
+    );
     let outbound = OutboundPolicy::new(
         &config.workers.outbound_hosts,
         &config.workers.outbound_private_hosts,
     )
     .map_err(anyhow::Error::msg)?;
+    // The loader replaces `ai` with a binding that carries the worker's name.
     let services = Services {
-        ai: Some(Arc::new(InferenceAi { inference })),
+        ai: None,
         kv: Some(crate::serve::open_kv(&config, &data_dir).await?),
         tokio: tokio::runtime::Handle::current(),
     };
@@ -106,6 +108,7 @@ async fn serve(config: NodeConfig, store: ModelStore, options: ServeOptions) -> 
         country_header: config.workers.country_header.clone(),
         expose_errors: true,
         test_scheduled,
+        usage: Some(Arc::clone(&usage)),
     });
 
     let listener = tokio::net::TcpListener::bind(listen)
@@ -118,6 +121,7 @@ async fn serve(config: NodeConfig, store: ModelStore, options: ServeOptions) -> 
         dir: dir.clone(),
         config: config.clone(),
         services,
+        inference,
         outbound: Arc::new(outbound),
         slot: Arc::clone(&slot),
         crons: Arc::new(crons),
@@ -136,6 +140,7 @@ async fn serve(config: NodeConfig, store: ModelStore, options: ServeOptions) -> 
         .spawn(move || watch(loader))
         .context("failed to start the file watcher")?;
     tokio::spawn(fire_cron_triggers(slot, cron_updates));
+    let flusher = usage.spawn_flusher();
 
     tracing::info!(
         address = %address,
@@ -155,6 +160,8 @@ async fn serve(config: NodeConfig, store: ModelStore, options: ServeOptions) -> 
     )
     .await
     .context("the HTTP server failed")?;
+    flusher.abort();
+    tokio::task::spawn_blocking(move || usage.flush_at_shutdown()).await?;
     tracing::info!("kiln dev stopped");
     Ok(())
 }
@@ -164,7 +171,9 @@ async fn serve(config: NodeConfig, store: ModelStore, options: ServeOptions) -> 
 struct Loader {
     dir: PathBuf,
     config: NodeConfig,
+    /// Services of every worker version; `ai` is set per version from `inference`.
     services: Services,
+    inference: Arc<InferenceService>,
     outbound: Arc<OutboundPolicy>,
     slot: Arc<WorkerSlot>,
     /// Cron triggers of the version in the slot, read by [`fire_cron_triggers`].
@@ -255,8 +264,16 @@ impl Loader {
             max_isolates: workers.max_isolates(),
             outbound: Arc::clone(&self.outbound),
         };
+        // Each version gets its own `env.AI`, so its runs count as usage of its name.
+        let services = Services {
+            ai: Some(Arc::new(InferenceAi {
+                inference: Arc::clone(&self.inference),
+                worker: Some(worker.name.clone()),
+            })),
+            ..self.services.clone()
+        };
         Ok(LoadedWorker {
-            worker: Worker::start(spec, self.services.clone())?,
+            worker: Worker::start(spec, services)?,
             secret_names,
             crons,
         })

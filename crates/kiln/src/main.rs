@@ -7,6 +7,7 @@ mod kv;
 mod logging;
 mod models;
 mod serve;
+mod usage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +38,9 @@ enum Command {
     /// Read and write KV namespaces, locally or on a running node.
     #[command(subcommand)]
     Kv(kv::KvCommand),
+    /// Print requests, tokens, images and compute time per worker and model, from a running
+    /// node or a stopped node's data folder.
+    Usage(usage::UsageArgs),
     /// Create admin API tokens.
     #[command(subcommand)]
     Tokens(TokensCommand),
@@ -119,6 +123,7 @@ fn main() -> ExitCode {
             models::run(command)
         }
         Command::Kv(command) => kv::run(command),
+        Command::Usage(args) => usage::run(args),
         Command::Tokens(TokensCommand::Create {
             scope,
             data_dir,

@@ -9,6 +9,7 @@ use kiln_config::{KvBackend, LogFormat, NodeConfig};
 use kiln_inference::{InferenceService, ServiceOptions};
 use kiln_kv::{BackendConfig, Kv};
 use kiln_models::ModelStore;
+use kiln_server::usage::UsageRecorder;
 
 use crate::NodePaths;
 
@@ -83,7 +84,11 @@ async fn serve(
     data_dir: PathBuf,
 ) -> anyhow::Result<()> {
     kiln_server::install_metrics();
-    let inference = Arc::new(InferenceService::new(store, service_options(&config)));
+    let usage = open_usage(&data_dir)?;
+    let inference = Arc::new(
+        InferenceService::new(store, service_options(&config))
+            .with_usage_sink(Arc::clone(&usage) as Arc<dyn kiln_inference::UsageSink>),
+    );
     let readiness = kiln_server::Readiness::loading(&config.preload);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -105,7 +110,9 @@ async fn serve(
         tokens: kiln_server::TokenStore::new(&data_dir),
         data_dir: data_dir.clone(),
         readiness: Arc::clone(&readiness),
+        usage: Some(Arc::clone(&usage)),
     });
+    let flusher = usage.spawn_flusher();
     tokio::spawn(preload(
         Arc::clone(&state.inference),
         config.preload.clone(),
@@ -119,8 +126,15 @@ async fn serve(
     )
     .await
     .context("the HTTP server failed")?;
+    flusher.abort();
+    tokio::task::spawn_blocking(move || usage.flush_at_shutdown()).await?;
     tracing::info!("kiln node stopped");
     Ok(())
+}
+
+/// Opens the usage counters in the data folder.
+pub(crate) fn open_usage(data_dir: &Path) -> anyhow::Result<Arc<UsageRecorder>> {
+    UsageRecorder::open(data_dir).map_err(anyhow::Error::msg)
 }
 
 /// Loads the models listed in `preload` one after the other while the node serves, and reports

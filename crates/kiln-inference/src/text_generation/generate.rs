@@ -12,6 +12,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::tools::{forced_call_schema, messages_with_tool_prompt, parse_tool_calls, tools_json};
 use super::{Prompt, ResponseFormat, TextGenerationInput, Tool, ToolCall};
+use crate::usage::{UsageContext, UsageRecord};
 use crate::{ErrorKind, InferenceError};
 
 /// Token counts of one generation.
@@ -55,6 +56,13 @@ pub struct TextStream {
     submitted: Instant,
     /// When the first token arrived.
     first_token: Option<Instant>,
+    /// Sink and calling worker of the usage record sent when the generation finishes or is
+    /// dropped.
+    usage: UsageContext,
+    /// Text events received so far, for the usage of a generation dropped before it finished.
+    text_events: u64,
+    /// Whether the usage was recorded, so that it is recorded once.
+    usage_recorded: bool,
 }
 
 impl TextStream {
@@ -67,6 +75,7 @@ impl TextStream {
             match self.events.recv().await? {
                 GenerateEvent::Started { .. } => continue,
                 GenerateEvent::Text(text) => {
+                    self.text_events += 1;
                     self.observe_token();
                     if self.tools.is_some() {
                         self.held_text.push_str(&text);
@@ -107,8 +116,20 @@ impl TextStream {
         }
     }
 
-    /// Records the token counts and the decode rate of a finished generation.
-    fn observe_finish(&self, prompt_tokens: u32, completion_tokens: u32) {
+    /// Returns when the request was submitted to the model.
+    pub(crate) fn submitted_at(&self) -> Instant {
+        self.submitted
+    }
+
+    /// Makes the stream report its usage to `usage` when it finishes or is dropped.
+    pub(crate) fn attach_usage(&mut self, usage: UsageContext) {
+        self.usage = usage;
+    }
+
+    /// Records the token counts and the decode rate of a finished generation, in the metrics
+    /// and in the usage record.
+    fn observe_finish(&mut self, prompt_tokens: u32, completion_tokens: u32) {
+        self.record_usage(u64::from(prompt_tokens), u64::from(completion_tokens));
         let labels = [("model", self.model.clone())];
         metrics::counter!("kiln_input_tokens_total", &labels).increment(u64::from(prompt_tokens));
         metrics::counter!("kiln_output_tokens_total", &labels)
@@ -119,6 +140,22 @@ impl TextStream {
             let rate = f64::from(completion_tokens - 1) / seconds;
             metrics::histogram!("kiln_generation_tokens_per_second", &labels).record(rate);
         }
+    }
+
+    /// Sends the generation's usage record, once. Compute time runs from the submission to now.
+    fn record_usage(&mut self, input_tokens: u64, output_tokens: u64) {
+        if self.usage_recorded {
+            return;
+        }
+        self.usage_recorded = true;
+        self.usage.record(UsageRecord {
+            model: self.model.clone(),
+            worker: self.usage.worker.clone(),
+            input_tokens,
+            output_tokens,
+            images: 0,
+            compute_seconds: self.submitted.elapsed().as_secs_f64(),
+        });
     }
 
     /// Turns held text into tool calls or text, queued before `done`.
@@ -137,6 +174,17 @@ impl TextStream {
         };
         self.pending.push_back(done);
         first
+    }
+}
+
+impl Drop for TextStream {
+    /// Records the usage of a generation that stopped before `Finished`: the client went away,
+    /// or the model failed mid-stream.
+    fn drop(&mut self) {
+        // NOTE: the engine sends about one text event per token, but it may hold back or merge
+        // pieces (stop strings, split UTF-8), so this output count is an estimate.
+        let prompt_tokens = u64::from(self.prompt_tokens);
+        self.record_usage(prompt_tokens, self.text_events);
     }
 }
 
@@ -210,6 +258,9 @@ pub async fn start(
                 model: model_id.to_owned(),
                 submitted,
                 first_token: None,
+                usage: UsageContext::default(),
+                text_events: 0,
+                usage_recorded: false,
             })
         }
         Some(GenerateEvent::Failed(error)) => Err(engine_error(error)),
