@@ -128,7 +128,11 @@ impl EncoderService {
                 Arc::clone(loaded.entry(manifest.id.clone()).or_default())
             };
             let model = slot
-                .get_or_try_init(|| self.load_from_disk(manifest))
+                .get_or_try_init(|| async {
+                    let model = self.load_from_disk(manifest).await?;
+                    crate::service::record_model_memory(manifest);
+                    Ok::<_, InferenceError>(model)
+                })
                 .await?;
             Ok(model.clone())
         })

@@ -64,6 +64,13 @@ impl LoadedModel {
 
 type LoadSlot = Arc<OnceCell<LoadedModel>>;
 
+/// Sets the `kiln_model_memory_bytes` gauge of a model that has just loaded to the size of its
+/// files, an estimate of what its weights take in memory.
+pub(crate) fn record_model_memory(manifest: &Manifest) {
+    let bytes: u64 = manifest.files.iter().map(|file| file.size).sum();
+    metrics::gauge!("kiln_model_memory_bytes", "model" => manifest.id.clone()).set(bytes as f64);
+}
+
 /// Runs models by id. Cheap to share behind an `Arc`.
 pub struct InferenceService {
     store: ModelStore,
@@ -320,7 +327,11 @@ impl InferenceService {
             Arc::clone(entry)
         };
         let model = slot
-            .get_or_try_init(|| self.load_from_disk(manifest.clone()))
+            .get_or_try_init(|| async {
+                let model = self.load_from_disk(manifest.clone()).await?;
+                record_model_memory(manifest);
+                Ok::<_, InferenceError>(model)
+            })
             .await?;
         Ok(model.clone())
     }

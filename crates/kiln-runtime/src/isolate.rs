@@ -207,6 +207,9 @@ struct Isolate {
     limits: Limits,
     /// Bytes that the runtime's allocator holds.
     heap: HeapCounter,
+    /// The worker's `kiln_worker_isolate_memory_bytes` gauge, and this isolate's share of it.
+    heap_gauge: metrics::Gauge,
+    reported_heap: usize,
     /// Promises rejected without a handler during the current turn.
     rejections: Rc<RefCell<Vec<Rejection>>>,
 }
@@ -218,6 +221,13 @@ struct Rejection {
     reason: String,
     /// The rejection is QuickJS running out of heap inside a promise job.
     out_of_memory: bool,
+}
+
+impl Drop for Isolate {
+    /// Takes this isolate's heap out of the worker's gauge.
+    fn drop(&mut self) {
+        self.heap_gauge.decrement(self.reported_heap as f64);
+    }
 }
 
 impl Isolate {
@@ -299,6 +309,11 @@ impl Isolate {
             cpu_used: HashMap::new(),
             limits: spec.limits,
             heap,
+            heap_gauge: metrics::gauge!(
+                "kiln_worker_isolate_memory_bytes",
+                "worker" => spec.name.clone()
+            ),
+            reported_heap: 0,
             rejections,
         };
         // Rejections left by the modules' top level are logged; no request owns them.
@@ -583,6 +598,7 @@ impl Isolate {
             }
         });
         self.report_rejections(owner);
+        self.report_heap();
 
         let spent = thread_cpu_time().saturating_sub(started);
         self.budget.deadline.set(None);
@@ -680,6 +696,14 @@ impl Isolate {
             }
             drop(rejection.promise);
         }
+    }
+
+    /// Moves the worker's heap gauge by the change in this isolate's heap since the last turn.
+    fn report_heap(&mut self) {
+        let bytes = self.heap.bytes();
+        self.heap_gauge
+            .increment(bytes as f64 - self.reported_heap as f64);
+        self.reported_heap = bytes;
     }
 
     /// Fails each request still waiting for its response head past its wall-time deadline.

@@ -95,6 +95,16 @@ fn describe() {
         "kiln_worker_isolates",
         "Isolates running for a worker, by worker."
     );
+    describe_gauge!(
+        "kiln_worker_isolate_memory_bytes",
+        Unit::Bytes,
+        "Heap bytes held by a worker's isolates after their latest turn, by worker."
+    );
+    describe_gauge!(
+        "kiln_model_memory_bytes",
+        Unit::Bytes,
+        "Size of a loaded model's files, an estimate of the memory its weights take, by model."
+    );
     describe_counter!(
         "kiln_inference_requests_total",
         "Model runs through the REST run routes and env.AI, by installed model and outcome (ok \

@@ -153,13 +153,8 @@ async fn handle(State(state): State<Arc<WorkerState>>, request: Request) -> Resp
     if let Some(usage) = &state.usage {
         usage.record_worker_request(worker.name());
     }
-    let mut outcome = Outcome::new(worker.name());
-    let log = WorkerLog {
-        worker: worker.name().to_owned(),
-        outcome: "ok",
-        colo: state.colo.clone(),
-        country,
-    };
+    let worker_name = worker.name().to_owned();
+    let mut outcome = Outcome::new(&worker_name);
     let result = worker.fetch(request).await;
     let (mut response, name) = match result {
         Ok(response) => (into_http(response, worker), "ok"),
@@ -167,8 +162,10 @@ async fn handle(State(state): State<Arc<WorkerState>>, request: Request) -> Resp
     };
     outcome.finish(name, response.status().as_u16());
     response.extensions_mut().insert(WorkerLog {
+        worker: worker_name,
         outcome: name,
-        ..log
+        colo: state.colo.clone(),
+        country,
     });
     response
 }

@@ -277,6 +277,15 @@ fn batch_worker_scores_twenty_items() {
         .sum();
     assert!(passes >= 1.0, "{metrics}");
     assert!(passes < 20.0, "20 items ran in {passes} forward passes");
+    let gauge = |name: &str| -> f64 {
+        let prefix = format!("{name}{{worker=\"batch\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} for the worker in:\n{metrics}"))
+    };
+    assert!(gauge("kiln_worker_isolates") >= 1.0);
+    assert!(gauge("kiln_worker_isolate_memory_bytes") > 0.0);
 }
 
 /// A 1×1 RGBA PNG of one orange pixel.

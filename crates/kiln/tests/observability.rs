@@ -163,6 +163,22 @@ fn metrics_pass_promtool_and_count_requests() {
         ),
         1.0
     );
+    let manifest_path = common::models_dir().join(CHAT_MODEL).join("manifest.json");
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(&manifest_path).expect("read the chat model's manifest"),
+    )
+    .expect("manifest JSON");
+    let file_bytes: f64 = manifest["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .filter_map(|file| file["size"].as_f64())
+        .sum();
+    assert!(file_bytes > 0.0);
+    assert_eq!(
+        value(&samples, "kiln_model_memory_bytes", &chat_labels),
+        file_bytes
+    );
 
     let embedding = [("model", EMBEDDING_MODEL)];
     let embedding_ok = [embedding[0], ("outcome", "ok")];
