@@ -29,10 +29,12 @@ pub struct AiError {
 
 /// The `[ai]` binding: runs a model in the node's inference service.
 pub trait AiBinding: Send + Sync + 'static {
-    /// Runs `model` on `inputs`. `options` is the third argument of `env.AI.run` (gateway,
-    /// tags and similar per-call settings), or `null`.
+    /// Runs `model` on `inputs` for the worker request `request_id` (empty outside a request),
+    /// which the node's log lines about the run carry. `options` is the third argument of
+    /// `env.AI.run` (gateway, tags and similar per-call settings), or `null`.
     fn run(
         &self,
+        request_id: String,
         model: String,
         inputs: Value,
         options: Value,

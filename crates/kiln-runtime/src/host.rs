@@ -614,7 +614,8 @@ fn install_ai<'js>(
                     });
                     return Ok(());
                 };
-                let run = ai.run(model, inputs, options);
+                let request_id = state.request_id(owner).to_owned();
+                let run = ai.run(request_id, model, inputs, options);
                 let task = state.services.tokio.spawn(async move {
                     let result = run.await;
                     let _ = events.send(Event::AiDone {

@@ -353,6 +353,7 @@ pub struct InferenceAi {
 impl AiBinding for InferenceAi {
     fn run(
         &self,
+        request_id: String,
         model: String,
         inputs: Value,
         options: Value,
@@ -372,17 +373,29 @@ impl AiBinding for InferenceAi {
                 deadline.run(run).await
             };
             let run = run.await.map_err(|error| {
-                tracing::info!(model = %model, code = error.code(), error = %error.message, "env.AI.run failed");
+                tracing::info!(
+                    request_id = %request_id,
+                    model = %model,
+                    outcome = error.name(),
+                    code = error.code(),
+                    error = %error.message,
+                    "env.AI.run failed"
+                );
                 AiError {
                     name: error.name().to_owned(),
                     code: error.code(),
                     description: error.message.clone(),
                 }
             })?;
+            let usage = run.usage.as_ref();
             tracing::info!(
+                request_id = %request_id,
                 model = %model,
                 ran = %run.model,
+                outcome = "ok",
                 ms = started.elapsed().as_secs_f64() * 1000.0,
+                input_tokens = usage.map(|usage| usage.input_tokens),
+                output_tokens = usage.map(|usage| usage.output_tokens),
                 "env.AI.run"
             );
             Ok(match run.output {

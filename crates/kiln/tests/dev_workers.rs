@@ -45,6 +45,19 @@ fn chat_worker_answers_question() {
     assert_eq!(runs.len(), 1, "{runs:?}");
     assert_eq!(runs[0]["model"], "@cf/meta/llama-2-7b-chat-int8");
     assert_eq!(runs[0]["ran"], common::CHAT_MODEL);
+    // The run carries the worker request's id and the tokens the model used.
+    let request_id = runs[0]["request_id"].as_str().unwrap_or_default();
+    assert!(!request_id.is_empty(), "{:?}", runs[0]);
+    let request_line = node.wait_for_log("\"message\":\"request\"", Duration::from_secs(30));
+    let request_line: Value = serde_json::from_str(&request_line).expect("JSON log line");
+    assert_eq!(request_line["request_id"], request_id);
+    assert!(
+        runs[0]["output_tokens"]
+            .as_u64()
+            .is_some_and(|tokens| tokens > 0),
+        "{:?}",
+        runs[0]
+    );
 }
 
 #[test]

@@ -26,6 +26,7 @@ pub struct EchoAi {
 impl AiBinding for EchoAi {
     fn run(
         &self,
+        _request_id: String,
         model: String,
         inputs: Value,
         _options: Value,
