@@ -241,7 +241,7 @@ fn is_export_star_helper(callee: &Expression<'_>) -> bool {
     matches!(name, Some("__exportStar" | "__export"))
 }
 
-/// The specifier of `require("x")`, when `expression` is such a call.
+/// Returns the specifier of `require("x")` when `expression` is such a call.
 fn require_specifier(expression: &Expression<'_>) -> Option<String> {
     match expression.without_parentheses() {
         Expression::CallExpression(call) => require_call_specifier(call),
@@ -372,9 +372,9 @@ pub(crate) fn module_proxy(file: &str) -> String {
     )
 }
 
-/// Builds the module that `import` of a CommonJS file loads: it runs the file through its body
-/// module and exports `module.exports` as the default export and each of `exports` (the
-/// scanned names, with those of re-exported files) as a named export.
+/// Builds the module that `import` of a CommonJS file loads. The module runs the file through
+/// its body module and exports `module.exports` as the default export. Each of `exports` (the
+/// scanned names, with those of re-exported files) becomes a named export.
 pub(crate) fn import_module(file: &str, exports: &BTreeSet<String>) -> String {
     let mut code = format!(
         "import * as __kiln_body from {};\n\

@@ -254,7 +254,7 @@ fn unloadable_model_gets_503() {
 
 #[test]
 fn queued_request_past_deadline_gets_408() {
-    // One sequence: while a long generation holds it, a request with a short deadline waits in
+    // One sequence: while a long generation uses it, a request with a short deadline waits in
     // the queue until its deadline passes.
     let node = Node::start("[llama]\nparallel_sequences = 1\n");
     let long = json!({"model": CHAT_MODEL, "stream": true, "max_tokens": 3000, "seed": 4,
