@@ -10,8 +10,6 @@ use kiln_kv::{Kv, ListOptions, Namespace, PutOptions};
 use kiln_server::BulkPair;
 use serde_json::Value;
 
-use crate::NodePaths;
-
 #[derive(clap::Subcommand)]
 pub enum KvCommand {
     /// List, create and delete namespaces.
@@ -118,29 +116,9 @@ pub struct NamespaceArg {
     id: String,
 }
 
-/// The location of the namespaces: a running node (`--node` and `--token`), else the local data
-/// folder with the config's KV backend.
-#[derive(clap::Args)]
-pub struct Target {
-    /// URL of a running node, e.g. http://127.0.0.1:8787.
-    #[arg(long, env = "KILN_NODE", value_name = "URL")]
-    node: Option<String>,
-    /// Admin API token of the node (scope kv; read for reading).
-    #[arg(
-        long,
-        env = "KILN_TOKEN",
-        value_name = "TOKEN",
-        requires = "node",
-        hide_env_values = true
-    )]
-    token: Option<String>,
-    /// Data folder of a stopped node. Default: KILN_DATA_DIR, else the config's data_dir, else
-    /// $KILN_HOME/data.
-    #[arg(long, value_name = "DIR", conflicts_with = "node")]
-    data_dir: Option<PathBuf>,
-    #[command(flatten)]
-    paths: NodePaths,
-}
+/// The location of the namespaces: a running node (`--node` and `--token`, scope kv, or read for
+/// reading), else the local data folder with the config's KV backend.
+type Target = crate::NodeTarget;
 
 /// An open connection to the namespaces.
 enum Store {

@@ -72,6 +72,30 @@ enum BenchCommand {
     Generate(bench::BenchArgs),
 }
 
+/// Options of the commands that work on a running node through its admin API (`--node` and
+/// `--token`) or on a stopped node's data folder.
+#[derive(clap::Args)]
+pub struct NodeTarget {
+    /// URL of a running node, e.g. http://127.0.0.1:8787.
+    #[arg(long, env = "KILN_NODE", value_name = "URL")]
+    node: Option<String>,
+    /// Admin API token of the node, with the scope the command needs (from `kiln tokens create`).
+    #[arg(
+        long,
+        env = "KILN_TOKEN",
+        value_name = "TOKEN",
+        requires = "node",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// Data folder of a stopped node. Default: KILN_DATA_DIR, else the config's data_dir, else
+    /// $KILN_HOME/data.
+    #[arg(long, value_name = "DIR", conflicts_with = "node")]
+    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    paths: NodePaths,
+}
+
 /// Options that locate the node's configuration and model folder, shared by every subcommand.
 #[derive(clap::Args, Debug, Clone)]
 pub struct NodePaths {

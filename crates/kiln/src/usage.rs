@@ -1,14 +1,13 @@
 //! `kiln usage`: print the usage counters of a running node (through its admin API) or of a
 //! stopped node's data folder.
 
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
 use kiln_server::usage::{parse_duration, Counters, UsageFilter, UsageReport, UsageStore};
 use serde_json::Value;
 
-use crate::NodePaths;
+use crate::NodeTarget;
 
 #[derive(clap::Args)]
 pub struct UsageArgs {
@@ -25,24 +24,9 @@ pub struct UsageArgs {
     /// Output format: table or json.
     #[arg(long, value_name = "FORMAT", default_value = "table", value_parser = ["table", "json"])]
     format: String,
-    /// URL of a running node, e.g. http://127.0.0.1:8787.
-    #[arg(long, env = "KILN_NODE", value_name = "URL")]
-    node: Option<String>,
-    /// Admin API token of the node (any scope).
-    #[arg(
-        long,
-        env = "KILN_TOKEN",
-        value_name = "TOKEN",
-        requires = "node",
-        hide_env_values = true
-    )]
-    token: Option<String>,
-    /// Data folder of a stopped node. Default: KILN_DATA_DIR, else the config's data_dir, else
-    /// $KILN_HOME/data.
-    #[arg(long, value_name = "DIR", conflicts_with = "node")]
-    data_dir: Option<PathBuf>,
+    /// The node to read: `--node` and `--token` (any scope), or a stopped node's folder.
     #[command(flatten)]
-    paths: NodePaths,
+    target: NodeTarget,
 }
 
 pub fn run(args: UsageArgs) -> anyhow::Result<()> {
@@ -51,9 +35,9 @@ pub fn run(args: UsageArgs) -> anyhow::Result<()> {
         model: args.model.clone(),
         since: args.since,
     };
-    let report = match &args.node {
+    let report = match &args.target.node {
         Some(node) => {
-            let Some(token) = &args.token else {
+            let Some(token) = &args.target.token else {
                 bail!("--node needs --token (or KILN_TOKEN): create one on the node with `kiln tokens create --scope read`");
             };
             let since = args.since.map(|since| format!("{}s", since.as_secs()));
@@ -71,8 +55,8 @@ pub fn run(args: UsageArgs) -> anyhow::Result<()> {
 
 /// Reads `usage.redb` in the data folder; a folder without one has no usage.
 fn read_local(args: &UsageArgs, filter: &UsageFilter) -> anyhow::Result<UsageReport> {
-    let config = args.paths.load_config()?;
-    let data_dir = match &args.data_dir {
+    let config = args.target.paths.load_config()?;
+    let data_dir = match &args.target.data_dir {
         Some(dir) => dir.clone(),
         None => config.resolved_data_dir()?,
     };

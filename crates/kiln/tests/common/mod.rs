@@ -194,20 +194,26 @@ impl Node {
     /// Sends SIGTERM and waits up to `limit` for the process to exit. Returns its exit status,
     /// or `None` if it is still running.
     pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM failed");
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().expect("wait for kiln") {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
+        terminate(&mut self.child, limit)
     }
+}
+
+/// Sends SIGTERM to `child` and waits up to `limit` for it to exit. Returns its exit status, or
+/// `None` if it is still running.
+pub fn terminate(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -TERM failed");
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("wait for kiln") {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
 }
 
 impl Node {
