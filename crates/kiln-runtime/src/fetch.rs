@@ -109,18 +109,15 @@ pub(crate) fn install<'js>(
                 let call = call as u64;
                 let owner = state.current;
                 state.call_owner.insert(call, owner);
-                let events = state.events.clone();
-                let generation = state.generation;
                 let policy = Arc::clone(&state.outbound);
-                let task = state.services.tokio.spawn(async move {
-                    let result = send(&policy, request).await;
-                    let _ = events.send(Event::FetchDone {
+                let work = async move { send(&policy, request).await };
+                state.spawn_call(call, true, work, |generation, call, result| {
+                    Event::FetchDone {
                         generation,
                         call,
                         result,
-                    });
+                    }
                 });
-                state.call_tasks.insert(call, task.abort_handle());
                 Ok(())
             },
         )?,

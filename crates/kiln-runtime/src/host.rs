@@ -278,6 +278,30 @@ impl HostState {
         self.streams.remove(&stream);
     }
 
+    /// Runs a node call (`work`) on the async runtime and sends its result back to the isolate
+    /// thread as the event that `done(generation, call, result)` builds. With `abortable`, the
+    /// task is aborted when its request is canceled; a KV write is not, so it completes.
+    pub fn spawn_call<F>(
+        &mut self,
+        call: u64,
+        abortable: bool,
+        work: F,
+        done: fn(u64, u64, F::Output) -> Event,
+    ) where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let events = self.events.clone();
+        let generation = self.generation;
+        let task = self.services.tokio.spawn(async move {
+            let result = work.await;
+            let _ = events.send(done(generation, call, result));
+        });
+        if abortable {
+            self.call_tasks.insert(call, task.abort_handle());
+        }
+    }
+
     /// Starts forwarding an AI result stream into the isolate and returns its id.
     pub fn forward_stream(
         &mut self,
@@ -616,15 +640,11 @@ fn install_ai<'js>(
                 };
                 let request_id = state.request_id(owner).to_owned();
                 let run = ai.run(request_id, model, inputs, options);
-                let task = state.services.tokio.spawn(async move {
-                    let result = run.await;
-                    let _ = events.send(Event::AiDone {
-                        generation,
-                        call,
-                        result,
-                    });
+                state.spawn_call(call, true, run, |generation, call, result| Event::AiDone {
+                    generation,
+                    call,
+                    result,
                 });
-                state.call_tasks.insert(call, task.abort_handle());
                 Ok(())
             },
         )?,

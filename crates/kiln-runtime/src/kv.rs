@@ -165,13 +165,12 @@ pub(crate) fn install<'js>(
                 };
                 match result {
                     Ok(future) => {
-                        state.services.tokio.spawn(async move {
-                            let result = future.await;
-                            let _ = events.send(Event::KvDone {
+                        state.spawn_call(call, false, future, |generation, call, result| {
+                            Event::KvDone {
                                 generation,
                                 call,
                                 result,
-                            });
+                            }
                         });
                     }
                     Err(error) => {
