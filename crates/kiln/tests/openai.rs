@@ -146,12 +146,10 @@ fn chat_errors_have_openai_shape() {
     assert_openai_error(&body, "invalid_request_error");
 }
 
-#[test]
-fn full_queue_gets_429() {
-    // One sequence and a queue of one: while a long generation runs and one request waits,
-    // any further request is rejected.
-    let node = Node::start("[llama]\nparallel_sequences = 1\nqueue_capacity = 1\n");
-    // The schema requires at least 1000 integers, so the model cannot stop early.
+/// Starts a streamed generation that keeps the node's sequence busy until the returned response
+/// is dropped, and waits for its first bytes. The schema requires at least 1000 integers, so the
+/// model cannot stop early.
+fn start_long_generation(node: &Node) -> reqwest::blocking::Response {
     let long = json!({"model": CHAT_MODEL, "stream": true, "max_tokens": 3000, "seed": 4,
                       "messages": [{"role": "user", "content": "List numbers."}],
                       "response_format": {"type": "json_schema", "json_schema": {"name": "numbers",
@@ -166,6 +164,16 @@ fn full_queue_gets_429() {
     assert_eq!(busy.status(), 200);
     let mut first_bytes = [0u8; 32];
     std::io::Read::read(&mut busy, &mut first_bytes).expect("stream starts");
+    busy
+}
+
+#[test]
+fn full_queue_gets_429() {
+    // One sequence and a queue of one: while a long generation runs and one request waits,
+    // any further request is rejected.
+    let node = Node::start("[llama]\nparallel_sequences = 1\nqueue_capacity = 1\n");
+    // Held until the end of the test, so the sequence stays busy.
+    let _busy = start_long_generation(&node);
 
     // Two more requests race for the one queue place; the loser gets 429 at once, and the
     // winner waits until the client gives up.
@@ -257,20 +265,7 @@ fn queued_request_past_deadline_gets_408() {
     // One sequence: while a long generation uses it, a request with a short deadline waits in
     // the queue until its deadline passes.
     let node = Node::start("[llama]\nparallel_sequences = 1\n");
-    let long = json!({"model": CHAT_MODEL, "stream": true, "max_tokens": 3000, "seed": 4,
-                      "messages": [{"role": "user", "content": "List numbers."}],
-                      "response_format": {"type": "json_schema", "json_schema": {"name": "numbers",
-                          "schema": {"type": "array", "items": {"type": "integer"},
-                                     "minItems": 1000}}}});
-    let mut busy = node
-        .client()
-        .post(node.url("/v1/chat/completions"))
-        .json(&long)
-        .send()
-        .expect("long request");
-    assert_eq!(busy.status(), 200);
-    let mut first_bytes = [0u8; 32];
-    std::io::Read::read(&mut busy, &mut first_bytes).expect("stream starts");
+    let busy = start_long_generation(&node);
 
     let hurried = |path: &str, body: &Value| {
         node.client()
