@@ -17,7 +17,7 @@ mod wrangler;
 pub use cron::CronTrigger;
 pub use dev_vars::{load_dev_vars, parse_dev_vars, DevVarsError, DEV_VARS_FILE};
 pub use wrangler::{
-    AiBindingConfig, KvNamespaceConfig, TriggersConfig, WorkerConfig, WorkerLimits,
+    AiBindingConfig, KvNamespaceConfig, RouteConfig, TriggersConfig, WorkerConfig, WorkerLimits,
     WORKER_CONFIG_FILES,
 };
 
@@ -73,6 +73,7 @@ pub struct NodeConfig {
     pub preload: Vec<String>,
     pub workers: WorkerSettings,
     pub kv: KvSettings,
+    pub deploy: DeploySettings,
 }
 
 impl Default for NodeConfig {
@@ -93,6 +94,7 @@ impl Default for NodeConfig {
             preload: Vec::new(),
             workers: WorkerSettings::default(),
             kv: KvSettings::default(),
+            deploy: DeploySettings::default(),
         }
     }
 }
@@ -175,6 +177,31 @@ impl Default for WorkerSettings {
             subrequests: 50,
             outbound_hosts: Vec::new(),
             outbound_private_hosts: Vec::new(),
+        }
+    }
+}
+
+/// Where deployed workers answer, and how their secrets are kept.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeploySettings {
+    /// A deployed worker `NAME` answers on the host `NAME.<domain>`.
+    pub domain: String,
+    /// Hosts, besides IP addresses and `domain` itself, on which the node serves its own API
+    /// (`/ai/run`, `/v1/…`, `/admin/v1/…`). A request for any other host that no worker route
+    /// matches gets 404.
+    pub api_hosts: Vec<String>,
+    /// File that holds the key that encrypts worker secrets: 64 hex digits (32 bytes). Default:
+    /// the `KILN_SECRETS_KEY` environment variable, in the same form.
+    pub secrets_key_file: Option<PathBuf>,
+}
+
+impl Default for DeploySettings {
+    fn default() -> Self {
+        Self {
+            domain: "localhost".into(),
+            api_hosts: Vec::new(),
+            secrets_key_file: None,
         }
     }
 }

@@ -37,6 +37,36 @@ pub struct WorkerConfig {
     /// `[triggers]`: events that start the worker other than HTTP requests.
     #[serde(default)]
     pub triggers: TriggersConfig,
+    /// `route`: one route of a deployed worker.
+    #[serde(default)]
+    pub route: Option<RouteConfig>,
+    /// `routes`: the hosts and paths on which a deployed worker answers, besides
+    /// `NAME.<node domain>`.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// One entry of `routes`: a pattern such as `example.com/api/*`, or a table with `pattern`
+/// (and `zone_name` or `custom_domain`, which Kiln reads but does not need).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum RouteConfig {
+    Pattern(String),
+    Table {
+        pattern: String,
+        #[serde(default)]
+        zone_name: Option<String>,
+        #[serde(default)]
+        custom_domain: Option<bool>,
+    },
+}
+
+impl RouteConfig {
+    pub fn pattern(&self) -> &str {
+        match self {
+            RouteConfig::Pattern(pattern) | RouteConfig::Table { pattern, .. } => pattern,
+        }
+    }
 }
 
 /// `[triggers]` of a worker.
@@ -162,7 +192,21 @@ impl WorkerConfig {
             return Err("limits.subrequests must be at least 1".into());
         }
         self.cron_triggers()?;
+        for route in self.all_routes() {
+            let pattern = route.pattern();
+            if pattern.is_empty() || pattern.starts_with('/') || pattern.contains("://") {
+                return Err(format!(
+                    "invalid route {pattern:?}: write HOST or HOST/PATH, such as \
+                     example.com/api/*, without a scheme"
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// `route` and `routes` together.
+    pub fn all_routes(&self) -> impl Iterator<Item = &RouteConfig> {
+        self.route.iter().chain(&self.routes)
     }
 
     /// Parses `[triggers] crons`. The error names the invalid expression and its field.

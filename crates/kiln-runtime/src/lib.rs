@@ -10,6 +10,7 @@
 //! The runtime reaches node services only through the traits in [`binding`].
 
 pub mod binding;
+pub mod bundle;
 mod bytecode;
 pub mod commonjs;
 mod fetch;

@@ -36,6 +36,11 @@ const IGNORED_MODULE: &str = "kiln:ignored";
 /// ignored module an empty `module.exports`.
 const IGNORED_SOURCE: &str = "export default {};\n";
 
+/// Returns whether a module name is one of Kiln's built-in modules rather than a file.
+pub(crate) fn is_builtin(name: &str) -> bool {
+    name.starts_with(BUILTIN_PREFIX)
+}
+
 /// Returns the source of a built-in module by import specifier.
 fn builtin_source(specifier: &str) -> Option<&'static str> {
     match specifier {

@@ -114,8 +114,8 @@ async fn usage_report(
 
 /// A refused or failed admin request: `{"success": false, "errors": [{code, message}]}`.
 pub(crate) struct AdminError {
-    status: u16,
-    message: String,
+    pub(crate) status: u16,
+    pub(crate) message: String,
 }
 
 impl AdminError {

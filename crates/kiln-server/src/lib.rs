@@ -16,12 +16,16 @@ mod admin;
 mod body;
 mod cache;
 mod catalog;
+pub mod deploy;
+mod deploy_api;
 mod errors;
 mod metrics;
 mod model_upload;
 mod openai;
 mod run;
+pub mod secrets;
 mod sse;
+pub mod tail;
 pub mod tokens;
 pub mod usage;
 mod worker;
@@ -39,11 +43,13 @@ use kiln_inference::{request_log, InferenceService};
 use tower_http::catch_panic::CatchPanicLayer;
 
 pub use admin::{put_all, BulkPair, EXPIRATION_HEADER, METADATA_HEADER};
+pub use deploy::{Bundle, Deployments, WorkerStarter};
 pub use errors::ApiError;
 pub use metrics::{install as install_metrics, Readiness};
 pub use tokens::{Scope, TokenStore};
 pub use worker::{
-    serve_worker, worker_router, InferenceAi, WorkerSlot, WorkerState, SCHEDULED_TEST_PATH,
+    serve_worker, worker_router, InferenceAi, WorkerHttp, WorkerSlot, WorkerState,
+    SCHEDULED_TEST_PATH,
 };
 
 /// Response header naming the installed model that really ran, after alias resolution.
@@ -72,6 +78,8 @@ pub struct AppState {
     pub readiness: Arc<Readiness>,
     /// The node's usage counters, for `GET /admin/v1/usage`; `None` when the node keeps none.
     pub usage: Option<Arc<usage::UsageRecorder>>,
+    /// Deployed workers and the routes to them; `None` on a node that runs none.
+    pub deployments: Option<Arc<Deployments>>,
 }
 
 /// Builds the router with every route, request logging and panic isolation.
@@ -112,7 +120,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(metrics::readyz))
         .merge(admin::routes())
+        .merge(deploy_api::routes())
         .fallback(errors::no_route)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            deploy_api::route_by_host,
+        ))
         .layer(middleware::from_fn(log_request))
         .layer(CatchPanicLayer::custom(errors::panic_response))
         .with_state(state)
@@ -151,10 +164,22 @@ async fn log_request(mut request: Request, next: Next) -> Response {
         .to_owned();
     let model_runs = serde_json::to_string(&model_runs).unwrap_or_default();
     let ms = seconds * 1000.0;
+    if let Some(served) = response.extensions().get::<worker::WorkerLog>() {
+        tail::TailHub::global().finish(tail::FinishedRequest {
+            worker: &served.worker,
+            version: served.version,
+            request_id: &request_id,
+            method: method.as_str(),
+            path: &path,
+            status,
+            outcome: served.outcome,
+        });
+    }
     match response.extensions().get::<worker::WorkerLog>() {
         Some(served) => tracing::info!(
             request_id = %request_id,
             worker = %served.worker,
+            version = served.version,
             method = %method,
             path = %path,
             status,

@@ -6,6 +6,7 @@ use std::path::Path as FilePath;
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use futures::StreamExt;
@@ -43,11 +44,20 @@ pub struct UploadQuery {
 pub async fn upload(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-    Query(query): Query<UploadQuery>,
+    query: Result<Query<UploadQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> AdminResult {
+    // The token is checked before the query, so that a request without one gets 401.
     authorize(&state, &headers, Scope::Models)?;
+    let Query(query) = query.map_err(|error| {
+        AdminError::new(
+            400,
+            format!(
+                "{error}: pass ?filename=NAME.onnx or NAME.gguf, and optionally task and sha256"
+            ),
+        )
+    })?;
     let name = FilePath::new(&query.filename)
         .file_name()
         .and_then(|name| name.to_str())

@@ -58,9 +58,8 @@ impl WorkerSlot {
     }
 }
 
-/// Settings and state of a server whose every request goes to one worker.
-pub struct WorkerState {
-    pub slot: Arc<WorkerSlot>,
+/// How worker requests become HTTP responses, for `kiln dev` and for deployed workers.
+pub struct WorkerHttp {
     /// Maximum request body, in bytes.
     pub max_body_bytes: usize,
     /// `request.cf.colo`.
@@ -69,11 +68,17 @@ pub struct WorkerState {
     pub country_header: Option<String>,
     /// Send exception messages and stacks to the client, as a development server does.
     pub expose_errors: bool,
+    /// Usage counters that count each fetch request, when the node keeps them.
+    pub usage: Option<Arc<UsageRecorder>>,
+}
+
+/// Settings and state of a server whose every request goes to one worker.
+pub struct WorkerState {
+    pub slot: Arc<WorkerSlot>,
+    pub http: WorkerHttp,
     /// Serve `/__scheduled?cron=EXPR` by running the worker's scheduled handler once, as
     /// `wrangler dev --test-scheduled` does. When false, that path goes to the worker's fetch.
     pub test_scheduled: bool,
-    /// Usage counters that count each fetch request, when the node keeps them.
-    pub usage: Option<Arc<UsageRecorder>>,
 }
 
 /// Builds a router that sends every path and method to the worker in `state.slot`, except the
@@ -107,8 +112,18 @@ async fn handle(State(state): State<Arc<WorkerState>>, request: Request) -> Resp
         Err(error) => return plain(StatusCode::INTERNAL_SERVER_ERROR, error),
     };
     if state.test_scheduled && request.uri().path() == SCHEDULED_TEST_PATH {
-        return run_scheduled_test(&state, &worker, request.uri()).await;
+        return run_scheduled_test(&state.http, &worker, request.uri()).await;
     }
+    serve_request(&state.http, worker, None, request).await
+}
+
+/// Sends `request` to `worker`, a deployed worker's `version` or the worker of `kiln dev`.
+pub(crate) async fn serve_request(
+    state: &WorkerHttp,
+    worker: Worker,
+    version: Option<u64>,
+    request: Request,
+) -> Response {
     let (parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, state.max_body_bytes).await {
         Ok(body) => body,
@@ -146,7 +161,7 @@ async fn handle(State(state): State<Arc<WorkerState>>, request: Request) -> Resp
             })
             .collect(),
         body,
-        cf: request_cf(&state, &parts.headers, parts.version),
+        cf: request_cf(state, &parts.headers, parts.version),
     };
 
     let country = request.cf["country"].as_str().unwrap_or("").to_owned();
@@ -158,11 +173,12 @@ async fn handle(State(state): State<Arc<WorkerState>>, request: Request) -> Resp
     let result = worker.fetch(request).await;
     let (mut response, name) = match result {
         Ok(response) => (into_http(response, worker), "ok"),
-        Err(error) => (worker_error(&state, &error), error.outcome()),
+        Err(error) => (worker_error(state, &error), error.outcome()),
     };
     outcome.finish(name, response.status().as_u16());
     response.extensions_mut().insert(WorkerLog {
         worker: worker_name,
+        version,
         outcome: name,
         colo: state.colo.clone(),
         country,
@@ -175,6 +191,8 @@ async fn handle(State(state): State<Arc<WorkerState>>, request: Request) -> Resp
 #[derive(Debug, Clone)]
 pub(crate) struct WorkerLog {
     pub worker: String,
+    /// The deployed version that served the request; `None` under `kiln dev`.
+    pub version: Option<u64>,
     /// `ok`, or how the request failed (`exception`, `exceededCpu`, …).
     pub outcome: &'static str,
     pub colo: String,
@@ -243,7 +261,7 @@ struct ScheduledTestQuery {
 
 /// Runs the worker's scheduled handler once for `/__scheduled?cron=EXPR[&time=MS]`. Returns
 /// 200 when the event succeeded, else 500 with the error.
-async fn run_scheduled_test(state: &WorkerState, worker: &Worker, uri: &Uri) -> Response {
+async fn run_scheduled_test(state: &WorkerHttp, worker: &Worker, uri: &Uri) -> Response {
     let query = match Query::<ScheduledTestQuery>::try_from_uri(uri) {
         Ok(Query(query)) => query,
         Err(error) => {
@@ -272,7 +290,7 @@ async fn run_scheduled_test(state: &WorkerState, worker: &Worker, uri: &Uri) -> 
 }
 
 /// Builds `request.cf` from the fields a self-hosted node can fill in.
-fn request_cf(state: &WorkerState, headers: &HeaderMap, version: axum::http::Version) -> Value {
+fn request_cf(state: &WorkerHttp, headers: &HeaderMap, version: axum::http::Version) -> Value {
     let mut cf = json!({
         "colo": state.colo,
         "httpProtocol": format!("{version:?}"),
@@ -320,7 +338,7 @@ fn into_http(response: kiln_runtime::WorkerResponse, worker: Worker) -> Response
     http
 }
 
-fn worker_error(state: &WorkerState, error: &WorkerError) -> Response {
+fn worker_error(state: &WorkerHttp, error: &WorkerError) -> Response {
     let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let text = match error {
         WorkerError::Exception { message, stack, .. } if state.expose_errors => {

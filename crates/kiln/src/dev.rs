@@ -11,8 +11,8 @@ use anyhow::Context;
 use kiln_config::{CronTrigger, LogFormat, NodeConfig, WorkerConfig};
 use kiln_inference::InferenceService;
 use kiln_models::ModelStore;
-use kiln_runtime::{Limits, OutboundPolicy, Services, Worker, WorkerSpec};
-use kiln_server::{InferenceAi, WorkerSlot, WorkerState, SCHEDULED_TEST_PATH};
+use kiln_runtime::Worker;
+use kiln_server::{WorkerHttp, WorkerSlot, WorkerStarter, WorkerState, SCHEDULED_TEST_PATH};
 use tokio::sync::watch;
 
 use crate::NodePaths;
@@ -89,26 +89,19 @@ async fn serve(config: NodeConfig, store: ModelStore, options: ServeOptions) -> 
         InferenceService::new(store, crate::serve::service_options(&config))
             .with_usage_sink(Arc::clone(&usage) as Arc<dyn kiln_inference::UsageSink>),
     );
-    let outbound = OutboundPolicy::new(
-        &config.workers.outbound_hosts,
-        &config.workers.outbound_private_hosts,
-    )
-    .map_err(anyhow::Error::msg)?;
-    // The loader replaces `ai` with a binding that carries the worker's name.
-    let services = Services {
-        ai: None,
-        kv: Some(crate::serve::open_kv(&config, &data_dir).await?),
-        tokio: tokio::runtime::Handle::current(),
-    };
+    let kv = crate::serve::open_kv(&config, &data_dir).await?;
+    let starter = crate::serve::worker_starter(&config, &inference, Some(kv))?;
     let slot = Arc::new(WorkerSlot::default());
     let state = Arc::new(WorkerState {
         slot: Arc::clone(&slot),
-        max_body_bytes: config.limits.max_body_bytes,
-        colo: config.workers.colo.clone(),
-        country_header: config.workers.country_header.clone(),
-        expose_errors: true,
+        http: WorkerHttp {
+            max_body_bytes: config.limits.max_body_bytes,
+            colo: config.workers.colo.clone(),
+            country_header: config.workers.country_header.clone(),
+            expose_errors: true,
+            usage: Some(Arc::clone(&usage)),
+        },
         test_scheduled,
-        usage: Some(Arc::clone(&usage)),
     });
 
     let listener = tokio::net::TcpListener::bind(listen)
@@ -119,10 +112,7 @@ async fn serve(config: NodeConfig, store: ModelStore, options: ServeOptions) -> 
     let (crons, cron_updates) = watch::channel(Vec::new());
     let loader = Loader {
         dir: dir.clone(),
-        config: config.clone(),
-        services,
-        inference,
-        outbound: Arc::new(outbound),
+        starter,
         slot: Arc::clone(&slot),
         crons: Arc::new(crons),
     };
@@ -170,11 +160,7 @@ async fn serve(config: NodeConfig, store: ModelStore, options: ServeOptions) -> 
 #[derive(Clone)]
 struct Loader {
     dir: PathBuf,
-    config: NodeConfig,
-    /// Services of every worker version; `ai` is set per version from `inference`.
-    services: Services,
-    inference: Arc<InferenceService>,
-    outbound: Arc<OutboundPolicy>,
+    starter: WorkerStarter,
     slot: Arc<WorkerSlot>,
     /// Cron triggers of the version in the slot, read by [`fire_cron_triggers`].
     crons: Arc<watch::Sender<Vec<CronTrigger>>>,
@@ -230,50 +216,10 @@ impl Loader {
         // The error names the file and line but not the text, which may contain a secret.
         let secrets = kiln_config::load_dev_vars(&self.dir)?;
         let secret_names: Vec<String> = secrets.keys().cloned().collect();
-        let main = worker.main.to_string_lossy().into_owned();
-        if !self.dir.join(&main).is_file() {
-            anyhow::bail!(
-                "the main module {main} named in the worker configuration does not exist in {}",
-                self.dir.display()
-            );
-        }
-        let workers = &self.config.workers;
-        let spec = WorkerSpec {
-            name: worker.name.clone(),
-            root: self.dir.clone(),
-            main,
-            vars: worker.vars_json(),
-            secrets: secrets.into(),
-            ai_binding: worker.ai.as_ref().map(|ai| ai.binding.clone()),
-            // `kiln dev` works on the preview namespaces, as `wrangler dev` does.
-            kv_namespaces: worker
-                .kv_namespaces
-                .iter()
-                .map(|namespace| {
-                    let id = namespace.namespace_id(true).to_owned();
-                    (namespace.binding.clone(), id)
-                })
-                .collect(),
-            limits: Limits {
-                cpu_ms: worker.limits.cpu_ms.unwrap_or(workers.cpu_ms),
-                wall_ms: worker.limits.wall_ms.unwrap_or(workers.wall_ms),
-                memory_bytes: (workers.memory_mib as usize).saturating_mul(1024 * 1024),
-                subrequests: worker.limits.subrequests.unwrap_or(workers.subrequests),
-                ..Limits::default()
-            },
-            max_isolates: workers.max_isolates(),
-            outbound: Arc::clone(&self.outbound),
-        };
-        // Each version gets its own `env.AI`, so its runs count as usage of its name.
-        let services = Services {
-            ai: Some(Arc::new(InferenceAi {
-                inference: Arc::clone(&self.inference),
-                worker: Some(worker.name.clone()),
-            })),
-            ..self.services.clone()
-        };
+        // `kiln dev` works on the preview namespaces, as `wrangler dev` does.
+        let started = self.starter.start(&self.dir, &worker, secrets, true);
         Ok(LoadedWorker {
-            worker: Worker::start(spec, services)?,
+            worker: started.map_err(anyhow::Error::msg)?,
             secret_names,
             crons,
         })

@@ -126,11 +126,7 @@ enum Store {
     Remote(Remote),
 }
 
-struct Remote {
-    client: reqwest::Client,
-    base: reqwest::Url,
-    token: String,
-}
+type Remote = crate::admin_client::AdminClient;
 
 pub fn run(command: KvCommand) -> anyhow::Result<()> {
     crate::serve::async_runtime()?.block_on(execute(command))
@@ -350,69 +346,12 @@ async fn list_local(
 
 async fn open(target: Target) -> anyhow::Result<Store> {
     if let Some(node) = target.node {
-        let Some(token) = target.token else {
-            bail!("--node needs --token (or KILN_TOKEN): create one on the node with `kiln tokens create --scope kv`");
-        };
-        let mut base =
-            reqwest::Url::parse(&node).with_context(|| format!("invalid --node URL {node:?}"))?;
-        base.path_segments_mut()
-            .map_err(|()| anyhow::anyhow!("invalid --node URL {node:?}"))?
-            .pop_if_empty()
-            .extend(["admin", "v1", "kv"]);
-        return Ok(Store::Remote(Remote {
-            client: reqwest::Client::new(),
-            base,
-            token,
-        }));
+        let remote = Remote::new(&node, target.token.as_deref(), "kv", &["kv"])?;
+        return Ok(Store::Remote(remote));
     }
     let config = target.paths.load_config()?;
     let data_dir = crate::serve::data_dir(target.data_dir, &config)?;
     Ok(Store::Local(
         crate::serve::open_kv(&config, &data_dir).await?,
     ))
-}
-
-impl Remote {
-    fn request(&self, method: reqwest::Method, path: &[&str]) -> reqwest::RequestBuilder {
-        let mut url = self.base.clone();
-        url.path_segments_mut()
-            .expect("the base URL has a path")
-            .extend(path);
-        self.client.request(method, url).bearer_auth(&self.token)
-    }
-
-    /// Sends a request without a body and returns the `result` of a successful response.
-    async fn json(&self, method: reqwest::Method, path: &[&str]) -> anyhow::Result<Value> {
-        self.send_json(self.request(method, path)).await
-    }
-
-    /// Sends the request and returns the `result` of a successful response.
-    async fn send_json(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-        let response = Self::check(
-            request
-                .send()
-                .await
-                .context("the request to the node failed")?,
-        )
-        .await?;
-        let mut body: Value = response
-            .json()
-            .await
-            .context("the node sent invalid JSON")?;
-        Ok(body["result"].take())
-    }
-
-    /// Turns an error response into an error with the node's message.
-    async fn check(response: reqwest::Response) -> anyhow::Result<reqwest::Response> {
-        let status = response.status();
-        if status.is_success() {
-            return Ok(response);
-        }
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        let message = body["errors"][0]["message"]
-            .as_str()
-            .unwrap_or("no error message")
-            .to_owned();
-        bail!("the node returned {status}: {message}")
-    }
 }

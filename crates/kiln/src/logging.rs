@@ -1,7 +1,10 @@
 //! Log output: JSON lines for machines, or a readable format for terminals.
 
 use kiln_config::LogFormat;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// Installs the global subscriber for a server. `RUST_LOG` overrides the default level (`info`).
 pub fn init(format: LogFormat) {
@@ -17,15 +20,20 @@ pub fn init_cli() {
 fn init_with_level(format: LogFormat, default_level: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder
+    let output = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let output = match format {
+        LogFormat::Json => output
             .json()
             .flatten_event(true)
             .with_current_span(false)
-            .init(),
-        LogFormat::Pretty => builder.init(),
-    }
+            .boxed(),
+        LogFormat::Pretty => output.boxed(),
+    };
+    // Tails see workers' console output whatever level the log shows.
+    let tails = kiln_server::tail::TailLayer
+        .with_filter(filter_fn(|metadata| metadata.target() == "kiln::worker"));
+    tracing_subscriber::registry()
+        .with(output.with_filter(filter))
+        .with(tails)
+        .init();
 }

@@ -1,7 +1,9 @@
 //! `kiln`: run a node that serves the Workers AI REST API on local models, and manage its
 //! models.
 
+mod admin_client;
 mod bench;
+mod deploy;
 mod dev;
 mod kv;
 mod logging;
@@ -44,6 +46,18 @@ enum Command {
     /// Create admin API tokens.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Upload a worker folder to a running node as the worker's new version.
+    Deploy(deploy::DeployArgs),
+    /// List a deployed worker's versions.
+    #[command(subcommand)]
+    Versions(deploy::VersionsCommand),
+    /// Put an earlier version of a deployed worker back in service.
+    Rollback(deploy::RollbackArgs),
+    /// Show a deployed worker's requests and console output live.
+    Tail(deploy::TailArgs),
+    /// Store, list and remove a deployed worker's secrets.
+    #[command(subcommand)]
+    Secret(deploy::SecretCommand),
     /// Measure model speed.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -154,6 +168,11 @@ fn main() -> ExitCode {
             paths,
         }) => create_token(scope, data_dir, &paths),
         Command::Bench(BenchCommand::Generate(args)) => bench::run(args),
+        Command::Deploy(args) => deploy::deploy(args),
+        Command::Versions(command) => deploy::versions(command),
+        Command::Rollback(args) => deploy::rollback(args),
+        Command::Tail(args) => deploy::tail(args),
+        Command::Secret(command) => deploy::secret(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

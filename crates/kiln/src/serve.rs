@@ -9,7 +9,9 @@ use kiln_config::{KvBackend, LogFormat, NodeConfig};
 use kiln_inference::{InferenceService, ServiceOptions};
 use kiln_kv::{BackendConfig, Kv};
 use kiln_models::ModelStore;
+use kiln_runtime::{OutboundPolicy, Services};
 use kiln_server::usage::UsageRecorder;
+use kiln_server::{Deployments, WorkerHttp, WorkerStarter};
 
 use crate::NodePaths;
 
@@ -102,6 +104,14 @@ async fn serve(
         "kiln node listening"
     );
     let kv = open_kv(&config, &data_dir).await?;
+    let deployments = Arc::new(open_deployments(
+        &config,
+        &data_dir,
+        &inference,
+        Some(kv.clone()),
+        Some(Arc::clone(&usage)),
+    )?);
+    deployments.start_all().await;
     let state = Arc::new(kiln_server::AppState {
         inference,
         max_body_bytes: config.limits.max_body_bytes,
@@ -111,6 +121,7 @@ async fn serve(
         data_dir: data_dir.clone(),
         readiness: Arc::clone(&readiness),
         usage: Some(Arc::clone(&usage)),
+        deployments: Some(deployments),
     });
     let flusher = usage.spawn_flusher();
     tokio::spawn(preload(
@@ -121,7 +132,11 @@ async fn serve(
     kiln_server::serve(
         listener,
         state,
-        shutdown_signal(),
+        async {
+            shutdown_signal().await;
+            // Open tails would hold their connections through the whole grace period.
+            kiln_server::tail::TailHub::global().close_all();
+        },
         std::time::Duration::from_secs(config.limits.shutdown_grace_seconds),
     )
     .await
@@ -130,6 +145,49 @@ async fn serve(
     tokio::task::spawn_blocking(move || usage.flush_at_shutdown()).await?;
     tracing::info!("kiln node stopped");
     Ok(())
+}
+
+/// Builds what starts workers with the node's settings: outbound policy, KV store and an
+/// `env.AI` over `inference`.
+pub(crate) fn worker_starter(
+    config: &NodeConfig,
+    inference: &Arc<InferenceService>,
+    kv: Option<Kv>,
+) -> anyhow::Result<WorkerStarter> {
+    let outbound = OutboundPolicy::new(
+        &config.workers.outbound_hosts,
+        &config.workers.outbound_private_hosts,
+    )
+    .map_err(anyhow::Error::msg)?;
+    Ok(WorkerStarter {
+        settings: config.workers.clone(),
+        outbound: Arc::new(outbound),
+        services: Services {
+            ai: None,
+            kv,
+            tokio: tokio::runtime::Handle::current(),
+        },
+        inference: Arc::clone(inference),
+    })
+}
+
+/// Opens the node's deployed workers; [`Deployments::start_all`] then starts them.
+fn open_deployments(
+    config: &NodeConfig,
+    data_dir: &Path,
+    inference: &Arc<InferenceService>,
+    kv: Option<Kv>,
+    usage: Option<Arc<UsageRecorder>>,
+) -> anyhow::Result<Deployments> {
+    let http = WorkerHttp {
+        max_body_bytes: config.limits.max_body_bytes,
+        colo: config.workers.colo.clone(),
+        country_header: config.workers.country_header.clone(),
+        expose_errors: false,
+        usage,
+    };
+    let starter = worker_starter(config, inference, kv)?;
+    Deployments::open(data_dir, &config.deploy, starter, http).map_err(anyhow::Error::msg)
 }
 
 /// Opens the usage counters in the data folder.

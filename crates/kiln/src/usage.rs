@@ -3,10 +3,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use kiln_server::usage::{parse_duration, Counters, UsageFilter, UsageReport, UsageStore};
-use serde_json::Value;
 
+use crate::admin_client::AdminClient;
 use crate::NodeTarget;
 
 #[derive(clap::Args)]
@@ -37,11 +37,9 @@ pub fn run(args: UsageArgs) -> anyhow::Result<()> {
     };
     let report = match &args.target.node {
         Some(node) => {
-            let Some(token) = &args.target.token else {
-                bail!("--node needs --token (or KILN_TOKEN): create one on the node with `kiln tokens create --scope read`");
-            };
+            let client = AdminClient::new(node, args.target.token.as_deref(), "read", &[])?;
             let since = args.since.map(|since| format!("{}s", since.as_secs()));
-            crate::serve::async_runtime()?.block_on(fetch(node, token, &filter, since))?
+            crate::serve::async_runtime()?.block_on(fetch(&client, &filter, since))?
         }
         None => read_local(&args, &filter)?,
     };
@@ -75,17 +73,10 @@ fn read_local(args: &UsageArgs, filter: &UsageFilter) -> anyhow::Result<UsageRep
 
 /// Queries `GET /admin/v1/usage` on a running node.
 async fn fetch(
-    node: &str,
-    token: &str,
+    client: &AdminClient,
     filter: &UsageFilter,
     since: Option<String>,
 ) -> anyhow::Result<UsageReport> {
-    let mut url =
-        reqwest::Url::parse(node).with_context(|| format!("invalid --node URL {node:?}"))?;
-    url.path_segments_mut()
-        .map_err(|()| anyhow::anyhow!("invalid --node URL {node:?}"))?
-        .pop_if_empty()
-        .extend(["admin", "v1", "usage"]);
     let mut query = Vec::new();
     if let Some(worker) = &filter.worker {
         query.push(("worker", worker.clone()));
@@ -96,25 +87,11 @@ async fn fetch(
     if let Some(since) = since {
         query.push(("since", since));
     }
-    let response = reqwest::Client::new()
-        .get(url)
-        .query(&query)
-        .bearer_auth(token)
-        .send()
-        .await
-        .context("the request to the node failed")?;
-    let status = response.status();
-    let mut body: Value = response
-        .json()
-        .await
-        .with_context(|| format!("the node returned {status} with a body that is not JSON"))?;
-    if !status.is_success() {
-        let message = body["errors"][0]["message"]
-            .as_str()
-            .unwrap_or("no error message");
-        bail!("the node returned {status}: {message}");
-    }
-    serde_json::from_value(body["result"].take()).context("the node sent an invalid usage report")
+    let request = client
+        .request(reqwest::Method::GET, &["usage"])
+        .query(&query);
+    let result = client.send_json(request).await?;
+    serde_json::from_value(result).context("the node sent an invalid usage report")
 }
 
 /// Formats the report as a table with one line per (worker, model) and a total line. The

@@ -104,6 +104,8 @@ pub fn stderr(output: &Output) -> String {
 pub struct Node {
     child: Child,
     pub base: String,
+    /// The node's `--data-dir`.
+    pub data_dir: PathBuf,
     /// Everything the node wrote to stderr (its log) so far.
     pub log: Arc<Mutex<String>>,
     _home: Option<tempfile::TempDir>,
@@ -150,6 +152,7 @@ impl Node {
         let node = Node {
             child,
             base: format!("http://127.0.0.1:{port}"),
+            data_dir: home.join("data"),
             log,
             _home: None,
         };
