@@ -56,32 +56,11 @@ fi
 
 bench_dir=$root/bench/kv-worker
 
-for tool in "$kiln" redis-server redis-cli redis-benchmark npm python3 curl; do
-  if ! command -v "$tool" >/dev/null; then
-    echo "error: $tool not found; see the prerequisites at the top of $0" >&2
-    exit 1
-  fi
-done
+source "$root/scripts/bench-lib.sh"
+require_tools "$kiln" redis-server redis-cli redis-benchmark npm python3 curl
 
-# Installs and checks the pinned workerd unless it is already there (scripts/install-workerd.sh).
-workerd=$("$root/scripts/install-workerd.sh")
-workerd_version=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' \
-  "$(dirname "$workerd")/../package.json")
+install_workerd
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 # Waits until GET /get?i=0 on PORT gets any HTTP response (404 is expected before /fill).
 wait_http() {
@@ -97,7 +76,7 @@ wait_http() {
   exit 1
 }
 
-redis_port=$(free_port)
+redis_port=$(free_ports 1)
 redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no \
   --dir "$work" >"$work/redis.log" 2>&1 &
 pids+=($!)
@@ -123,15 +102,15 @@ start_kiln() {
 printf 'log_format = "json"\n[kv]\nbackend = "embedded"\n' >"$work/embedded.toml"
 printf 'log_format = "json"\n[kv]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:%s/0"\n' \
   "$redis_port" >"$work/redis.toml"
-embedded_port=$(free_port)
+embedded_port=$(free_ports 1)
 start_kiln kiln-embedded "$embedded_port" "$work/embedded.toml"
-redis_kiln_port=$(free_port)
+redis_kiln_port=$(free_ports 1)
 start_kiln kiln-redis "$redis_kiln_port" "$work/redis.toml"
 
 # workerd resolves `embed` paths against the config file, so the config and the three modules go
 # into one folder.
-workerd_port=$(free_port)
-workerd_disk_port=$(free_port)
+workerd_port=$(free_ports 1)
+workerd_disk_port=$(free_ports 1)
 mkdir -p "$work/workerd" "$work/workerd-disk-data"
 cp "$bench_dir/index.js" "$bench_dir/workerd/kv-store.js" "$bench_dir/workerd/kv-store-disk.js" \
   "$work/workerd/"

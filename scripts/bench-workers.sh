@@ -61,43 +61,15 @@ fi
 
 bench_dir=$root/bench/hello-worker
 
-for tool in "$kiln" npm python3 curl cargo; do
-  if ! command -v "$tool" >/dev/null; then
-    echo "error: $tool not found; see the prerequisites at the top of $0" >&2
-    exit 1
-  fi
-done
+source "$root/scripts/bench-lib.sh"
+require_tools "$kiln" npm python3 curl cargo
 if ! command -v wrk >/dev/null; then
   echo "error: wrk not found; install it with: sudo apt-get install wrk" >&2
   exit 1
 fi
 
-# Installs and checks the pinned workerd unless it is already there (scripts/install-workerd.sh).
-workerd=$("$root/scripts/install-workerd.sh")
-workerd_version=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' \
-  "$(dirname "$workerd")/../package.json")
+install_workerd
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-# Prints COUNT distinct free loopback ports, one a line.
-free_ports() {
-  python3 -c '
-import socket, sys
-sockets = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in sockets:
-    s.bind(("127.0.0.1", 0))
-print("\n".join(str(s.getsockname()[1]) for s in sockets))
-' "$1"
-}
 
 # Writes a workerd config with one hello-world service per port into FOLDER/config.capnp.
 write_workerd_config() {
