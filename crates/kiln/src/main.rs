@@ -6,6 +6,7 @@ mod dev;
 mod kv;
 mod logging;
 mod models;
+mod quantize;
 mod serve;
 mod usage;
 

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Subcommand;
+use kiln_engine_llama::quantize::QuantizationType;
 use kiln_models::hub::{self, HubOptions};
 use kiln_models::{ImportOptions, Manifest, ModelStore, Task};
 
@@ -59,6 +60,12 @@ pub enum ModelsCommand {
         /// One-line description shown in the catalog.
         #[arg(long)]
         description: Option<String>,
+        /// Convert a .gguf file to this quantization type (q8_0 or q4_0) with llama.cpp before
+        /// storing it, on the node's llama.threads CPU threads. The import then prints how
+        /// closely the converted model's next-token distributions match the original's and
+        /// records that report in the manifest. --sha256 then checks the source file.
+        #[arg(long, value_name = "TYPE")]
+        quantize: Option<QuantizationType>,
     },
     /// Upload a .onnx or .gguf file to a running node, which installs it as `import` does.
     Upload {
@@ -135,6 +142,7 @@ pub fn run(command: ModelsCommand) -> anyhow::Result<()> {
             source,
             aliases,
             description,
+            quantize,
         } => {
             let store = open_store(&paths)?;
             let options = ImportOptions {
@@ -149,7 +157,13 @@ pub fn run(command: ModelsCommand) -> anyhow::Result<()> {
                 expected_sha256: sha256,
                 progress: true,
             };
-            let manifest = store.import(&path, &options)?;
+            let manifest = match quantize {
+                Some(kind) => {
+                    let threads = llama_threads(&paths.load_config()?);
+                    crate::quantize::import_quantized(&store, &path, kind, &options, threads)?
+                }
+                None => store.import(&path, &options)?,
+            };
             print_installed(&manifest);
             Ok(())
         }
@@ -188,6 +202,14 @@ pub fn run(command: ModelsCommand) -> anyhow::Result<()> {
             println!("removed {id}");
             Ok(())
         }
+    }
+}
+
+/// Returns the node's llama.cpp thread count: `llama.threads`, where 0 means every CPU core.
+fn llama_threads(config: &kiln_config::NodeConfig) -> u32 {
+    match config.llama.threads {
+        0 => std::thread::available_parallelism().map_or(2, |cores| cores.get() as u32),
+        threads => threads,
     }
 }
 
