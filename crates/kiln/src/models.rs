@@ -241,7 +241,7 @@ fn list(store: &ModelStore, json: bool) -> anyhow::Result<()> {
         "{:<32} {:<22} {:<12} {:>10}  ALIASES",
         "ID", "TASK", "ENGINE", "SIZE"
     );
-    for manifest in manifests {
+    for manifest in &manifests {
         let bytes: u64 = manifest.files.iter().map(|file| file.size).sum();
         let engine = serde_json::to_value(manifest.engine)?;
         println!(
@@ -253,7 +253,29 @@ fn list(store: &ModelStore, json: bool) -> anyhow::Result<()> {
             manifest.aliases.join(", ")
         );
     }
+    print_conversions(&manifests);
     Ok(())
+}
+
+/// Prints the agreement report of every model that `import --quantize` converted, below the table.
+fn print_conversions(manifests: &[Manifest]) {
+    let converted: Vec<_> = manifests
+        .iter()
+        .filter_map(|manifest| Some((&manifest.id, manifest.quantization.as_ref()?)))
+        .collect();
+    if converted.is_empty() {
+        return;
+    }
+    println!();
+    for (id, quantization) in converted {
+        println!(
+            "{id}: converted from {} to {}, top-1 agreement {:.3}, mean KL {:.4} nats",
+            quantization.from,
+            quantization.kind.to_uppercase(),
+            quantization.top1_agreement,
+            quantization.mean_kl
+        );
+    }
 }
 
 fn human_bytes(bytes: u64) -> String {

@@ -298,6 +298,12 @@ fn import_quantize_q8_0_then_chat() {
         .collect();
     assert!(leftovers.is_empty(), "staging folders left: {leftovers:?}");
 
+    let output = kiln_on_models(&models, &["models", "list"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let table = String::from_utf8_lossy(&output.stdout);
+    let expected = format!("chat-q8: converted from {source_type} to Q8_0, top-1 agreement");
+    assert!(table.contains(&expected), "{table}");
+
     let output = kiln_on_models(&models, &["models", "verify", "chat-q8"]);
     assert!(output.status.success(), "{}", stderr(&output));
 
