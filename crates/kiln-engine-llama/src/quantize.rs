@@ -43,6 +43,8 @@ impl QuantizationType {
     }
 
     /// Returns llama.cpp's `llama_ftype` value, which GGUF files store as `general.file_type`.
+    // bindgen types C enums as the target's enum type: `c_uint` here, `c_int` with MSVC.
+    #[allow(clippy::unnecessary_cast)]
     fn file_type(self) -> u32 {
         match self {
             QuantizationType::Q8_0 => llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q8_0 as u32,
