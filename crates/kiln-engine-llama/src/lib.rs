@@ -6,6 +6,7 @@
 //! come back as [`GenerateEvent`]s on a channel, so the async runtime never blocks on the model.
 
 mod chat;
+pub mod quantize;
 mod scheduler;
 mod stop;
 mod utf8;

@@ -16,5 +16,5 @@ mod transfer;
 
 pub use error::StoreError;
 pub use id::{validate_id, MAX_ID_LEN};
-pub use manifest::{EngineKind, Manifest, ModelFile, ParseTaskError, Task};
-pub use store::{ImportOptions, ModelStore};
+pub use manifest::{EngineKind, Manifest, ModelFile, ParseTaskError, Quantization, Task};
+pub use store::{sha256_file, ImportOptions, ModelStore};

@@ -155,6 +155,31 @@ pub struct Manifest {
     /// Engine-specific settings, such as class labels.
     #[serde(default)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+    /// Conversion record of a model imported with `kiln models import --quantize`: the source
+    /// file and the agreement report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<Quantization>,
+}
+
+/// The conversion of a GGUF model to another quantization type, and how closely the converted
+/// model's next-token distributions match the original's on Kiln's fixed prompt set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quantization {
+    /// Quantization type of the source file, as llama.cpp names it (`Q4_1`), or `unknown`.
+    pub from: String,
+    /// SHA-256 of the source file, lowercase hex.
+    pub from_sha256: String,
+    /// Quantization type of the stored file (`q8_0`, `q4_0`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Share of prompt positions where both models rank the same next token first, in [0, 1].
+    pub top1_agreement: f64,
+    /// Mean KL divergence KL(original ‖ converted) of the next-token distributions, in nats.
+    pub mean_kl: f64,
+    /// Prompts compared.
+    pub prompts: u32,
+    /// Prompt positions compared, over all prompts.
+    pub positions: u32,
 }
 
 impl Manifest {
@@ -277,6 +302,7 @@ mod tests {
             aliases: Vec::new(),
             description: None,
             extra: serde_json::Map::new(),
+            quantization: None,
         }
     }
 

@@ -5,7 +5,7 @@ use crate::detect::{join_relative, plan_import};
 use crate::error::IoContext;
 use crate::id::{decode_dir_name, encode_dir_name, validate_id, validate_relative_path};
 use crate::transfer::{self, hash_file, place_file, progress_bar, Transfer};
-use crate::{Manifest, ModelFile, StoreError, Task};
+use crate::{Manifest, ModelFile, Quantization, StoreError, Task};
 
 const MANIFEST_FILE: &str = "manifest.json";
 /// Staging folder for hub downloads, inside the store root.
@@ -52,7 +52,8 @@ impl ImportOptions {
 /// place once `manifest.json` is written, so a crash leaves either the whole
 /// model or none of it.
 ///
-/// NOTE: staging folders left by a crash (`.import-*`, `.remove-*`, `.pull-*`)
+/// NOTE: staging folders left by a crash (`.import-*`, `.remove-*`, `.pull-*`, and
+/// `.quantize-*` of `kiln models import --quantize`)
 /// are skipped by `list` but never deleted automatically, because another
 /// process may still be using them.
 ///
@@ -148,11 +149,39 @@ impl ModelStore {
         self.import_with(source, options, transfer)
     }
 
+    /// Imports a GGUF file that `kiln models import --quantize` converted, as
+    /// [`import`](Self::import) does, and records `quantization` in its manifest. The file is
+    /// moved into the store (copied across filesystems), because it is a temporary file:
+    /// `options.link` and `options.expected_sha256` are ignored.
+    pub fn import_quantized(
+        &self,
+        source: &Path,
+        options: &ImportOptions,
+        quantization: Quantization,
+    ) -> Result<Manifest, StoreError> {
+        let options = ImportOptions {
+            link: false,
+            expected_sha256: None,
+            ..options.clone()
+        };
+        self.import_inner(source, &options, Transfer::Move, Some(quantization))
+    }
+
     pub(crate) fn import_with(
         &self,
         source: &Path,
         options: &ImportOptions,
         transfer: Transfer,
+    ) -> Result<Manifest, StoreError> {
+        self.import_inner(source, options, transfer, None)
+    }
+
+    fn import_inner(
+        &self,
+        source: &Path,
+        options: &ImportOptions,
+        transfer: Transfer,
+        quantization: Option<Quantization>,
     ) -> Result<Manifest, StoreError> {
         let id = options.id.as_str();
         validate_id(id)?;
@@ -222,6 +251,7 @@ impl ModelStore {
             aliases,
             description: options.description.clone(),
             extra: serde_json::Map::new(),
+            quantization,
         };
         let json = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes to JSON");
         transfer::write_atomic(&staging.path().join(MANIFEST_FILE), &json)?;
@@ -366,6 +396,12 @@ impl ModelStore {
         }
         Ok(())
     }
+}
+
+/// Returns the SHA-256 (lowercase hex) of a file.
+pub fn sha256_file(path: &Path) -> Result<String, StoreError> {
+    let (sha256, _) = hash_file(path, &indicatif::ProgressBar::hidden())?;
+    Ok(sha256)
 }
 
 /// Validates aliases with the id rules and drops duplicates and the id itself.

@@ -8,6 +8,7 @@ mod dev;
 mod kv;
 mod logging;
 mod models;
+mod quantize;
 mod serve;
 mod usage;
 

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Subcommand;
+use kiln_engine_llama::quantize::QuantizationType;
 use kiln_models::hub::{self, HubOptions};
 use kiln_models::{ImportOptions, Manifest, ModelStore, Task};
 
@@ -59,6 +60,12 @@ pub enum ModelsCommand {
         /// One-line description shown in the catalog.
         #[arg(long)]
         description: Option<String>,
+        /// Convert a .gguf file to this quantization type (q8_0 or q4_0) with llama.cpp before
+        /// storing it, on the node's llama.threads CPU threads. The import then prints how
+        /// closely the converted model's next-token distributions match the original's and
+        /// records that report in the manifest. --sha256 then checks the source file.
+        #[arg(long, value_name = "TYPE")]
+        quantize: Option<QuantizationType>,
     },
     /// Upload a .onnx or .gguf file to a running node, which installs it as `import` does.
     Upload {
@@ -135,6 +142,7 @@ pub fn run(command: ModelsCommand) -> anyhow::Result<()> {
             source,
             aliases,
             description,
+            quantize,
         } => {
             let store = open_store(&paths)?;
             let options = ImportOptions {
@@ -149,7 +157,13 @@ pub fn run(command: ModelsCommand) -> anyhow::Result<()> {
                 expected_sha256: sha256,
                 progress: true,
             };
-            let manifest = store.import(&path, &options)?;
+            let manifest = match quantize {
+                Some(kind) => {
+                    let threads = llama_threads(&paths.load_config()?);
+                    crate::quantize::import_quantized(&store, &path, kind, &options, threads)?
+                }
+                None => store.import(&path, &options)?,
+            };
             print_installed(&manifest);
             Ok(())
         }
@@ -191,6 +205,14 @@ pub fn run(command: ModelsCommand) -> anyhow::Result<()> {
     }
 }
 
+/// Returns the node's llama.cpp thread count: `llama.threads`, where 0 means every CPU core.
+fn llama_threads(config: &kiln_config::NodeConfig) -> u32 {
+    match config.llama.threads {
+        0 => std::thread::available_parallelism().map_or(2, |cores| cores.get() as u32),
+        threads => threads,
+    }
+}
+
 fn print_installed(manifest: &Manifest) {
     let bytes: u64 = manifest.files.iter().map(|file| file.size).sum();
     println!(
@@ -219,7 +241,7 @@ fn list(store: &ModelStore, json: bool) -> anyhow::Result<()> {
         "{:<32} {:<22} {:<12} {:>10}  ALIASES",
         "ID", "TASK", "ENGINE", "SIZE"
     );
-    for manifest in manifests {
+    for manifest in &manifests {
         let bytes: u64 = manifest.files.iter().map(|file| file.size).sum();
         let engine = serde_json::to_value(manifest.engine)?;
         println!(
@@ -231,7 +253,29 @@ fn list(store: &ModelStore, json: bool) -> anyhow::Result<()> {
             manifest.aliases.join(", ")
         );
     }
+    print_conversions(&manifests);
     Ok(())
+}
+
+/// Prints the agreement report of every model that `import --quantize` converted, below the table.
+fn print_conversions(manifests: &[Manifest]) {
+    let converted: Vec<_> = manifests
+        .iter()
+        .filter_map(|manifest| Some((&manifest.id, manifest.quantization.as_ref()?)))
+        .collect();
+    if converted.is_empty() {
+        return;
+    }
+    println!();
+    for (id, quantization) in converted {
+        println!(
+            "{id}: converted from {} to {}, top-1 agreement {:.3}, mean KL {:.4} nats",
+            quantization.from,
+            quantization.kind.to_uppercase(),
+            quantization.top1_agreement,
+            quantization.mean_kl
+        );
+    }
 }
 
 fn human_bytes(bytes: u64) -> String {
