@@ -81,7 +81,7 @@ pub struct GenerateRequest {
     /// follow, for JSON output and forced tool calls.
     pub grammar: Option<String>,
     /// Start from the KV cache of an earlier request that shares a prompt prefix, when a free
-    /// slot holds one. Benchmarks turn this off to time a full prefill.
+    /// slot contains one. Benchmarks turn this off to time a full prefill.
     pub reuse_prefix: bool,
     /// Receives the events of this request. Dropping the receiver cancels the request.
     pub events: UnboundedSender<GenerateEvent>,

@@ -8,7 +8,7 @@
 //!
 //! A finished sequence leaves its KV cache in its slot. A new request takes the free slot whose
 //! cached prompt tokens share the longest prefix with its prompt, truncates that slot's cache
-//! after the shared prefix and prefills only the rest, so requests with the same system prompt
+//! after the shared prefix and prefills only the rest. Requests with the same system prompt thus
 //! skip most of the prefill. Each slot is its own llama.cpp sequence and KV stream (`kv_unified`
 //! is off by default), so a retained cache never takes cells from another slot.
 //!
@@ -114,7 +114,7 @@ impl Slots {
         };
     }
 
-    /// Frees a slot's KV cache and forgets its tokens.
+    /// Frees a slot's KV cache and clears its list of reusable tokens.
     fn discard(&mut self, context: &mut LlamaContext<'_>, slot: i32) {
         free_kv_cache(context, slot);
         self.retained[slot as usize] = RetainedCache::default();
@@ -136,7 +136,7 @@ impl Slots {
         self.retained[slot] = RetainedCache::default();
         let slot = slot as i32;
         // A sliding-window cache may already have dropped early positions (pos_min > 0), and
-        // a recurrent model's state cannot be cut at a position (seq_rm returns false): both
+        // a recurrent model's state cannot be cut at a position (seq_rm returns false). Both
         // fall back to a full prefill.
         let truncated = reused > 0
             && context.kv_cache_seq_pos_min(slot) == 0
@@ -469,6 +469,10 @@ fn fill_batch(
             sequence.position += 1;
             used += 1;
         }
+        // NOTE: with other sequences in the batch, llama.cpp splits it into ubatches with equal
+        // token counts per sequence, so the chunk's first token may sit alone in its ubatch and
+        // round differently from a full prefill. Reuse is exact only when requests run one at
+        // a time.
         let start = sequence.prefilled;
         if chunk >= MIN_DECODED_PROMPT_TOKENS && sequence.reusable.len() == start {
             sequence
@@ -531,7 +535,8 @@ fn finish(mut sequence: Sequence, reason: FinishReason) -> Sequence {
 }
 
 /// Fails every running sequence and frees its KV cache, because a failed decode may leave part
-/// of the batch in the cache. Free slots keep their caches: they had no tokens in the batch.
+/// of the batch in the cache. Free slots keep their caches, because they had no tokens in the
+/// batch.
 fn fail_all(context: &mut LlamaContext<'_>, slots: &mut Slots, error: EngineError) {
     for slot in 0..slots.sequences.len() {
         if let Some(sequence) = slots.sequences[slot].take() {
