@@ -81,6 +81,9 @@ pub struct GenerateRequest {
     /// A GBNF grammar (llama.cpp's format, root rule `root`) that every generated token must
     /// follow, for JSON output and forced tool calls.
     pub grammar: Option<String>,
+    /// Start from the KV cache of an earlier request that shares a prompt prefix, when a free
+    /// slot contains one. Benchmarks turn this off to time a full prefill.
+    pub reuse_prefix: bool,
     /// Receives the events of this request. Dropping the receiver cancels the request.
     pub events: UnboundedSender<GenerateEvent>,
 }
@@ -110,6 +113,9 @@ impl FinishReason {
 pub enum GenerateEvent {
     Started {
         prompt_tokens: u32,
+        /// Leading prompt tokens whose KV cache an earlier request left in the slot, so they
+        /// are not decoded again.
+        cached_tokens: u32,
     },
     /// Generated text; pieces never split a UTF-8 character.
     Text(String),

@@ -141,6 +141,8 @@ fn generate(model: &LlamaModelHandle, prompt: &str, max_tokens: u32) -> anyhow::
         ignore_eos: true,
         stop: Vec::new(),
         grammar: None,
+        // Every repetition sends the same prompt, which would otherwise come from the cache.
+        reuse_prefix: false,
         events: sender,
     })?;
     while let Some(event) = events.blocking_recv() {

@@ -379,3 +379,69 @@ fn json_mode_returns_object() {
         "{error}"
     );
 }
+
+/// Reads `kiln_prompt_cached_tokens_total` of the chat model from `GET /metrics`, or 0 before
+/// the first generation records it.
+fn cached_prompt_tokens(node: &Node) -> u64 {
+    let text = node
+        .client()
+        .get(node.url("/metrics"))
+        .send()
+        .expect("metrics")
+        .text()
+        .expect("metrics text");
+    let prefix = format!("kiln_prompt_cached_tokens_total{{model=\"{CHAT_MODEL}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map(|value| value.trim().parse().expect("numeric counter"))
+        .unwrap_or(0)
+}
+
+#[test]
+fn shared_system_prompt_reuses_cache() {
+    let system = "You are the help desk assistant of the Riverside public library. The library \
+                  opens at nine in the morning and closes at eight in the evening on weekdays, \
+                  and it opens from ten to four on Saturdays. It is closed on Sundays and public \
+                  holidays. Members may borrow up to twelve books, four films and two board games \
+                  at a time. Books are lent for three weeks, films for one week. Late returns \
+                  cost ten cents a day per item. The reading room on the second floor is a quiet \
+                  area. Answer questions briefly and politely.";
+    let request = |question: &str| {
+        json!({
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": question}
+            ],
+            "max_tokens": 32,
+            "seed": 11,
+            "temperature": 0.8
+        })
+    };
+    let first = request("When does the library open on Saturday?");
+    let second = request("How many films can I borrow?");
+
+    let node = Node::start("");
+    let first_body = json_body(run(&node, CHAT_MODEL, &first));
+    assert!(first_body["response"].is_string(), "{first_body}");
+    let cached_before = cached_prompt_tokens(&node);
+    assert_eq!(cached_before, 0, "the first request found nothing to reuse");
+    let reused_body = json_body(run(&node, CHAT_MODEL, &second));
+    let cached = cached_prompt_tokens(&node) - cached_before;
+    let prompt_tokens = reused_body["usage"]["prompt_tokens"]
+        .as_u64()
+        .expect("prompt_tokens");
+    // The system prompt alone is over 100 tokens; the user turn differs.
+    assert!(cached >= 100, "reused {cached} tokens: {reused_body}");
+    assert!(cached < prompt_tokens, "reused {cached} of {prompt_tokens}");
+
+    let fresh = Node::start("");
+    let fresh_body = json_body(run(&fresh, CHAT_MODEL, &second));
+    assert_eq!(cached_prompt_tokens(&fresh), 0);
+    let reused_text = reused_body["response"].as_str().expect("response text");
+    assert!(!reused_text.is_empty(), "{reused_body}");
+    assert_eq!(
+        reused_text, fresh_body["response"],
+        "same seed, with and without reuse"
+    );
+    assert_eq!(reused_body["usage"], fresh_body["usage"]);
+}

@@ -242,13 +242,19 @@ pub async fn start(
             ignore_eos: false,
             stop: input.stop.clone(),
             grammar,
+            reuse_prefix: true,
             events: sender,
         })
         .map_err(engine_error)?;
     match events.recv().await {
-        Some(GenerateEvent::Started { prompt_tokens }) => {
+        Some(GenerateEvent::Started {
+            prompt_tokens,
+            cached_tokens,
+        }) => {
             metrics::histogram!("kiln_inference_queue_wait_seconds", "model" => model_id.to_owned())
                 .record(submitted.elapsed().as_secs_f64());
+            metrics::counter!("kiln_prompt_cached_tokens_total", "model" => model_id.to_owned())
+                .increment(u64::from(cached_tokens));
             Ok(TextStream {
                 events,
                 prompt_tokens,
