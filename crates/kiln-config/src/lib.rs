@@ -18,7 +18,7 @@ pub use cron::CronTrigger;
 pub use dev_vars::{load_dev_vars, parse_dev_vars, DevVarsError, DEV_VARS_FILE};
 pub use wrangler::{
     AiBindingConfig, KvNamespaceConfig, RouteConfig, TriggersConfig, WorkerConfig, WorkerLimits,
-    WORKER_CONFIG_FILES,
+    MAX_CPU_MS, MAX_WALL_MS, WORKER_CONFIG_FILES,
 };
 
 /// Address a node listens on when neither the config nor `--listen` sets one.

@@ -118,6 +118,23 @@ pub struct WorkerLimits {
     pub subrequests: Option<u32>,
 }
 
+/// Largest `[limits] cpu_ms` a worker may set: five minutes, the hosted platform's maximum.
+pub const MAX_CPU_MS: u64 = 300_000;
+
+/// Largest `[limits] wall_ms` a worker may set: fifteen minutes.
+pub const MAX_WALL_MS: u64 = 900_000;
+
+/// Rejects a limit of 0 or over `max`.
+fn check_range(key: &str, value: Option<u64>, max: u64) -> Result<(), String> {
+    match value {
+        Some(0) => Err(format!("{key} must be at least 1")),
+        Some(value) if value > max => {
+            Err(format!("{key} is {value}; the largest allowed is {max}"))
+        }
+        _ => Ok(()),
+    }
+}
+
 impl WorkerConfig {
     /// Reads the configuration of the worker in `dir`: `wrangler.toml`, else `kiln.toml`.
     pub fn load_dir(dir: &Path) -> Result<(PathBuf, Self), ConfigError> {
@@ -144,7 +161,13 @@ impl WorkerConfig {
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
-        let config: Self = toml::from_str(text).map_err(|err| err.to_string())?;
+        let mut config: Self = toml::from_str(text).map_err(|err| err.to_string())?;
+        // `main = "./src/index.ts"` names the same module as `main = "src/index.ts"`.
+        config.main = config
+            .main
+            .components()
+            .filter(|component| !matches!(component, std::path::Component::CurDir))
+            .collect();
         config.validate()?;
         Ok(config)
     }
@@ -182,22 +205,25 @@ impl WorkerConfig {
                 ));
             }
         }
-        if self.limits.cpu_ms == Some(0) {
-            return Err("limits.cpu_ms must be at least 1".into());
-        }
-        if self.limits.wall_ms == Some(0) {
-            return Err("limits.wall_ms must be at least 1".into());
-        }
+        check_range("limits.cpu_ms", self.limits.cpu_ms, MAX_CPU_MS)?;
+        check_range("limits.wall_ms", self.limits.wall_ms, MAX_WALL_MS)?;
         if self.limits.subrequests == Some(0) {
             return Err("limits.subrequests must be at least 1".into());
         }
         self.cron_triggers()?;
         for route in self.all_routes() {
             let pattern = route.pattern();
-            if pattern.is_empty() || pattern.starts_with('/') || pattern.contains("://") {
+            let (host, path) = pattern.split_once('/').unwrap_or((pattern, ""));
+            let host_ok = !host.is_empty()
+                && !host.ends_with('.')
+                && !host.contains(':')
+                && !host.chars().skip(1).any(|c| c == '*');
+            let path_ok = !path.trim_end_matches('*').contains('*');
+            if !host_ok || !path_ok || pattern.contains("://") {
                 return Err(format!(
                     "invalid route {pattern:?}: write HOST or HOST/PATH, such as \
-                     example.com/api/*, without a scheme"
+                     example.com/api/*, without a scheme, port or trailing dot, with `*` only \
+                     at the start of the host or the end of the path"
                 ));
             }
         }
@@ -346,6 +372,32 @@ mod tests {
         let triggers = config.cron_triggers().expect("crons parse");
         let expressions: Vec<&str> = triggers.iter().map(CronTrigger::expression).collect();
         assert_eq!(expressions, ["*/5 * * * *", "0 9 * * MON"]);
+    }
+
+    #[test]
+    fn limits_over_the_maximum_are_rejected() {
+        let text = "name = \"w\"\nmain = \"./src/index.js\"\n[limits]\ncpu_ms = 300001\n";
+        let error = WorkerConfig::parse(text).unwrap_err();
+        assert!(error.contains("limits.cpu_ms is 300001"), "{error}");
+        let text = "name = \"w\"\nmain = \"./src/index.js\"\n";
+        let config = WorkerConfig::parse(text).unwrap();
+        assert_eq!(config.main, std::path::PathBuf::from("src/index.js"));
+    }
+
+    #[test]
+    fn routes_with_ports_or_inner_wildcards_are_rejected() {
+        for route in [
+            "example.com:8080/*",
+            "example.com./*",
+            "ex*ample.com/*",
+            "example.com/a*/b",
+        ] {
+            let text = format!("name = \"w\"\nmain = \"i.js\"\nroutes = [\"{route}\"]\n");
+            let error = WorkerConfig::parse(&text).unwrap_err();
+            assert!(error.contains("invalid route"), "{route}: {error}");
+        }
+        let text = "name = \"w\"\nmain = \"i.js\"\nroutes = [\"*.example.com/api/*\"]\n";
+        assert!(WorkerConfig::parse(text).is_ok());
     }
 
     #[test]

@@ -105,11 +105,14 @@ fn imports(name: &str, text: &str, is_module: bool) -> Result<Vec<String>, Sourc
     for import in &record.dynamic_imports {
         let request = import.module_request;
         let literal = &text[request.start as usize..request.end as usize];
-        let quoted = literal.len() >= 2
-            && (literal.starts_with('"') && literal.ends_with('"')
-                || literal.starts_with('\'') && literal.ends_with('\''));
-        if quoted && !literal.contains('\\') {
-            specifiers.push(literal[1..literal.len() - 1].to_owned());
+        // A string literal starts and ends with its quote and has no other quote of that kind,
+        // unlike `"./" + name + ".js"`.
+        let quote = literal.chars().next().filter(|c| *c == '"' || *c == '\'');
+        if let Some(quote) = quote {
+            let inner = &literal[1..];
+            if inner.find(quote) == Some(inner.len() - 1) && !literal.contains('\\') {
+                specifiers.push(inner[..inner.len() - 1].to_owned());
+            }
         }
     }
     specifiers.sort();
@@ -156,6 +159,7 @@ mod tests {
             "src/index.ts",
             "import { add } from './math';\nimport pkg from 'pkg';\n\
              const lazy = () => import('./lazy.js');\n\
+             const named = (n: string) => import('./' + n + '.js');\n\
              export default { fetch(): Response { return new Response(String(add(1, 2))); } };\n",
         );
         write(

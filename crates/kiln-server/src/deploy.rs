@@ -214,12 +214,19 @@ impl Deployments {
         let Ok(entries) = std::fs::read_dir(&self.root) else {
             return;
         };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(version) = read_active(&entry.path()) else {
-                continue;
-            };
-            match self.start_version(&name, version).await {
+        let stored: Vec<(String, u64)> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let version = read_active(&entry.path())?;
+                Some((entry.file_name().to_string_lossy().into_owned(), version))
+            })
+            .collect();
+        // The workers start side by side, so one slow top level does not hold up the others.
+        let starts = stored.iter().map(|(name, version)| async move {
+            (name, *version, self.start_version(name, *version).await)
+        });
+        for (name, version, started) in futures::future::join_all(starts).await {
+            match started {
                 Ok(active) => {
                     tracing::info!(worker = %name, version, "deployed worker started");
                     self.install(active);
@@ -318,6 +325,7 @@ impl Deployments {
             ));
         }
         validate_files(&bundle)?;
+        self.check_routes(name, &config)?;
         let main = config.main.to_string_lossy().replace('\\', "/");
         if !bundle.files.contains_key(&main) {
             return Err(AdminError::new(
@@ -335,12 +343,18 @@ impl Deployments {
         let sha256 = bundle_digest(&bundle);
         let files = bundle.files.len();
         let write_dir = dir.clone();
-        tokio::task::spawn_blocking(move || write_bundle(&write_dir.join("files"), &bundle))
-            .await
-            .map_err(|error| AdminError::new(500, format!("the write task failed: {error}")))?
-            .map_err(|error| {
-                AdminError::new(500, format!("failed to store the bundle: {error}"))
-            })?;
+        let written =
+            tokio::task::spawn_blocking(move || write_bundle(&write_dir.join("files"), &bundle))
+                .await
+                .map_err(|error| AdminError::new(500, format!("the write task failed: {error}")))?;
+        if let Err(error) = written {
+            let _ = std::fs::remove_dir_all(&dir);
+            tracing::warn!(worker = %name, error = %error, "failed to store a bundle");
+            return Err(AdminError::new(
+                400,
+                format!("failed to store the bundle: {error}; check its file names"),
+            ));
+        }
 
         let active = match self.start_version(name, version).await {
             Ok(active) => active,
@@ -512,46 +526,85 @@ impl Deployments {
         let Some(host) = host.map(host_name) else {
             return Routed::Api;
         };
-        if host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-            .is_ok()
-        {
+        // The node's own hosts come first, so that no worker route can take the admin API.
+        if self.is_api_host(&host) {
             return Routed::Api;
         }
         let workers = self
             .active
             .read()
             .unwrap_or_else(|poison| poison.into_inner());
+        let domain = self.settings.domain.to_ascii_lowercase();
+        if let Some(name) = host.strip_suffix(&format!(".{domain}")) {
+            return workers
+                .get(name)
+                .map_or(Routed::NoWorker(host.clone()), |active| {
+                    Routed::Worker(Arc::clone(active))
+                });
+        }
         let best = workers
             .values()
             .flat_map(|active| active.routes.iter().map(move |route| (route, active)))
             .filter(|(route, _)| route.matches(&host, path))
             .max_by_key(|(route, _)| route.specificity());
-        if let Some((_, active)) = best {
-            return Routed::Worker(Arc::clone(active));
+        match best {
+            Some((_, active)) => Routed::Worker(Arc::clone(active)),
+            None => Routed::NoWorker(host),
         }
-        let domain = self.settings.domain.to_ascii_lowercase();
-        if let Some(name) = host.strip_suffix(&format!(".{domain}")) {
-            return workers
-                .values()
-                .find(|active| active.name.eq_ignore_ascii_case(name))
-                .map_or(Routed::NoWorker(host.clone()), |active| {
-                    Routed::Worker(Arc::clone(active))
-                });
-        }
-        let is_api_host = host == domain
+    }
+
+    /// Returns whether `host` (lower case, without a port) serves the node's own API: an IP
+    /// address, the domain itself or one of `api_hosts`.
+    fn is_api_host(&self, host: &str) -> bool {
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok()
+            || host.eq_ignore_ascii_case(&self.settings.domain)
             || self
                 .settings
                 .api_hosts
                 .iter()
-                .any(|api_host| api_host.eq_ignore_ascii_case(&host));
-        if is_api_host {
-            Routed::Api
-        } else {
-            Routed::NoWorker(host)
+                .any(|api_host| api_host.eq_ignore_ascii_case(host))
+    }
+
+    /// Rejects routes that name the node's own hosts or a host under its domain, which route
+    /// elsewhere, and routes that another worker already has.
+    fn check_routes(&self, name: &str, config: &WorkerConfig) -> Result<(), AdminError> {
+        let domain = self.settings.domain.to_ascii_lowercase();
+        let workers = self
+            .active
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner());
+        for route in config.all_routes() {
+            let pattern = route.pattern();
+            let parsed = RoutePattern::parse(pattern);
+            if let HostMatch::Exact(host) = &parsed.host {
+                if self.is_api_host(host) || host.ends_with(&format!(".{domain}")) {
+                    return Err(AdminError::new(
+                        400,
+                        format!(
+                            "invalid route {pattern:?}: {host} is an API host of the node or \
+                             is under its domain {domain}, where a worker is reachable only on \
+                             its own NAME.{domain}"
+                        ),
+                    ));
+                }
+            }
+            let owner = workers
+                .values()
+                .find(|active| active.name != name && active.routes.contains(&parsed));
+            if let Some(owner) = owner {
+                return Err(AdminError::new(
+                    409,
+                    format!(
+                        "route {pattern:?} already belongs to worker {}: remove it there first",
+                        owner.name
+                    ),
+                ));
+            }
         }
+        Ok(())
     }
 
     pub fn domain(&self) -> &str {
@@ -650,15 +703,17 @@ fn validate_files(bundle: &Bundle) -> Result<(), AdminError> {
         let plain = !name.is_empty()
             && !name.contains('\\')
             && !name.contains('\0')
+            && name.len() <= 1024
             && path
                 .components()
-                .all(|component| matches!(component, Component::Normal(_)));
+                .all(|component| matches!(component, Component::Normal(part) if part.len() <= 255));
         if !plain {
             return Err(AdminError::new(
                 400,
                 format!(
                     "invalid file name {name:?} in the bundle: give paths relative to the worker \
-                     folder, with `/` separators and no `.` or `..` parts"
+                     folder, with `/` separators, no `.` or `..` parts, at most 255 bytes a part \
+                     and 1024 in all"
                 ),
             ));
         }

@@ -63,19 +63,25 @@ fn authorize_worker<'a>(
     deployments(state)
 }
 
-/// Rejects worker names that `wrangler.toml` would reject, before they reach a path.
+/// Rejects worker names that cannot be a DNS label, since a worker is reachable on
+/// `NAME.<domain>`.
 fn check_worker_name(name: &str) -> Result<(), AdminError> {
     let valid = !name.is_empty()
         && name.len() <= 63
+        && !name.starts_with('-')
+        && !name.ends_with('-')
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if valid {
         Ok(())
     } else {
         Err(AdminError::new(
             400,
-            format!("invalid worker name {name:?}: use up to 63 letters, digits and dashes"),
+            format!(
+                "invalid worker name {name:?}: a deployed worker's name is its host name, so use \
+                 up to 63 lower-case letters, digits and dashes, not starting or ending with a dash"
+            ),
         ))
     }
 }

@@ -149,10 +149,18 @@ pub(crate) async fn serve_request(
         .and_then(|value| value.to_str().ok())
         .unwrap_or("localhost");
     let path = parts.uri.path_and_query().map_or("/", |path| path.as_str());
+    let url = format!("http://{host}{path}");
+    if !is_valid_host(host) || url.parse::<Uri>().is_err() {
+        tracing::info!(request_id = %request_id, host, "invalid Host header");
+        return plain(
+            StatusCode::BAD_REQUEST,
+            format!("invalid Host header {host:?}: send HOST or HOST:PORT"),
+        );
+    }
     let request = WorkerRequest {
         id: request_id,
         method: parts.method.to_string(),
-        url: format!("http://{host}{path}"),
+        url,
         headers: parts
             .headers
             .iter()
@@ -184,6 +192,23 @@ pub(crate) async fn serve_request(
         country,
     });
     response
+}
+
+/// Returns whether a `Host` header is a non-empty host with an optional port from 0 to 65535.
+fn is_valid_host(header: &str) -> bool {
+    let (name, port) = match header.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((address, tail)) if tail.is_empty() || tail.starts_with(':') => {
+                (address, tail.strip_prefix(':'))
+            }
+            _ => return false,
+        },
+        None => match header.rsplit_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (header, None),
+        },
+    };
+    !name.is_empty() && port.is_none_or(|port| port.parse::<u16>().is_ok())
 }
 
 /// Fields that a worker request adds to its log line, carried to the logging middleware in the

@@ -65,7 +65,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         listen,
         test_scheduled: args.test_scheduled,
     };
-    crate::serve::async_runtime()?.block_on(serve(config, store, options))
+    crate::serve::run_server(serve(config, store, options))
 }
 
 /// Command-line options of `kiln dev` that the server needs.

@@ -53,7 +53,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let models_dir = args.paths.models_dir(&config)?;
     let data_dir = data_dir(args.data_dir, &config)?;
     let store = open_store(&models_dir)?;
-    async_runtime()?.block_on(serve(config, store, models_dir, data_dir))
+    run_server(serve(config, store, models_dir, data_dir))
+}
+
+/// Runs a server to its end, then stops the runtime without waiting for blocking tasks: a
+/// worker whose top level never finishes must not keep the process alive after shutdown.
+pub(crate) fn run_server(
+    server: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let runtime = async_runtime()?;
+    let result = runtime.block_on(server);
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 /// Returns the data folder after the flag, environment and config file, created if missing.

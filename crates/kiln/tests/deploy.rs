@@ -611,3 +611,122 @@ fn tail_streams_requests_with_their_console_lines() {
     let _ = all.kill();
     let _ = errors.kill();
 }
+
+/// Writes a one-file worker with `main = "./index.js"`, whose response names the worker.
+fn write_plain_worker(dir: &Path, name: &str, extra_config: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("wrangler.toml"),
+        format!("name = \"{name}\"\nmain = \"./index.js\"\n{extra_config}"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("index.js"),
+        format!("export default {{ fetch() {{ return new Response('{name}'); }} }};\n"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn routes_never_take_api_hosts() {
+    let node = Deployer::start("[deploy]\napi_hosts = [\"api.example.test\"]\n");
+    let folder = tempfile::tempdir().unwrap();
+
+    // A route on an API host or under the node's domain is rejected at deploy time.
+    for route in [
+        "localhost/*",
+        "api.example.test/*",
+        "other.localhost/*",
+        "127.0.0.1/*",
+    ] {
+        write_plain_worker(
+            folder.path(),
+            "grabber",
+            &format!("routes = [\"{route}\"]\n"),
+        );
+        let output = node.run(&["deploy", folder.path().to_str().unwrap()]);
+        assert!(!output.status.success(), "{route} was accepted");
+        assert!(
+            stderr(&output).contains("invalid route"),
+            "{}",
+            stderr(&output)
+        );
+    }
+
+    // A catch-all route serves other hosts, but the API hosts stay with the node.
+    write_plain_worker(folder.path(), "grabber", "routes = [\"*/*\"]\n");
+    node.deploy(folder.path());
+    assert_eq!(
+        node.get("shop.example.net", "/"),
+        (StatusCode::OK, "grabber".into())
+    );
+    for host in [
+        "localhost",
+        "LOCALHOST:8787",
+        "localhost.",
+        "api.example.test",
+    ] {
+        assert_eq!(
+            node.get(host, "/healthz"),
+            (StatusCode::OK, "ok".into()),
+            "{host}"
+        );
+    }
+    let versions = node
+        .node
+        .client()
+        .get(node.node.url("/admin/v1/workers/grabber/versions"))
+        .header("host", "localhost")
+        .bearer_auth(&node.token)
+        .send()
+        .unwrap();
+    assert_eq!(versions.status(), StatusCode::OK);
+    assert!(versions.text().unwrap().contains("\"versions\""));
+
+    // Another worker cannot claim a route that one already has.
+    let second = tempfile::tempdir().unwrap();
+    write_plain_worker(second.path(), "second", "routes = [\"*/*\"]\n");
+    let output = node.run(&["deploy", second.path().to_str().unwrap()]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("already belongs to worker grabber"),
+        "{}",
+        stderr(&output)
+    );
+
+    // A name that cannot be a host name is rejected, and a broken Host header gets 400.
+    write_plain_worker(second.path(), "Upper", "");
+    let output = node.run(&["deploy", second.path().to_str().unwrap()]);
+    assert!(
+        stderr(&output).contains("lower-case"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(
+        node.get("grabber.localhost:99999", "/").0,
+        StatusCode::BAD_REQUEST
+    );
+}
+
+#[test]
+fn sigterm_stops_a_looping_deploy() {
+    let mut node = Deployer::start("[limits]\nshutdown_grace_seconds = 2\n");
+    let bundle = json!({
+        "config": "name = \"spin\"\nmain = \"index.js\"\n[limits]\ncpu_ms = 300000\n",
+        "files": { "index.js": "for (;;) {}\nexport default {};\n" },
+    });
+    let url = node.node.url("/admin/v1/workers/spin");
+    let token = node.token.clone();
+    // The deploy never returns: its module's top level loops within its CPU limit.
+    std::thread::spawn(move || {
+        let _ = reqwest::blocking::Client::new()
+            .put(url)
+            .bearer_auth(token)
+            .json(&bundle)
+            .send();
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let status = node.node.terminate(Duration::from_secs(20));
+    let status = status.expect("the node exited after SIGTERM while a worker's top level looped");
+    assert!(status.success(), "exit status {status}");
+}
