@@ -1,7 +1,7 @@
 """Write crates/kiln/tests/data/row-sum.onnx, a stand-in for @custom/home-value in tests that
 replace a model's files: the same input (`features`, float32 [N, 6]) and output (`price`,
 float32 [N, 1]), but each prediction is the sum of its row, so a test can tell which of the
-two models answered.
+two models returned a prediction.
 
 Run with the reference venv (scripts/reference/setup.sh): python make_row_sum.py
 """

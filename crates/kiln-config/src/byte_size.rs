@@ -51,8 +51,8 @@ impl ByteSize {
 }
 
 impl fmt::Display for ByteSize {
-    /// Writes the size in the largest binary unit that keeps one digit before the point, such
-    /// as `1.5 GiB`, with the exact byte count for sizes under 1 KiB.
+    /// Writes the size in the largest binary unit in which it is at least 1, with one decimal
+    /// (`1.5 GiB`), and sizes under 1 KiB as an exact byte count.
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
         if self.0 < 1024 {

@@ -101,7 +101,7 @@ impl Default for NodeConfig {
     }
 }
 
-/// How loaded models share the node's memory.
+/// Settings of loaded models: the memory budget they share.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelSettings {

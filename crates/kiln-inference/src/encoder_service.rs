@@ -134,7 +134,8 @@ impl EncoderService {
     }
 
     /// Loads a model once, as [`crate::InferenceService`] does for text generation, and
-    /// returns it with a lease that keeps it loaded while the caller uses it.
+    /// returns it with a lease, so the memory budget does not unload it while the caller uses
+    /// it.
     fn load<'a>(
         &'a self,
         manifest: &'a Manifest,
@@ -193,6 +194,8 @@ impl EncoderService {
                         config.encoder
                     ))
                 })?;
+            // NOTE: the classifier keeps its own copy of the encoder, so unloading the encoder
+            // under the memory budget frees its memory only once the classifier is unloaded too.
             let (Loaded::Encoder(encoder), _lease) =
                 self.load(&encoder_manifest, LoadReason::Dependency).await?
             else {

@@ -14,8 +14,8 @@ use tokio::sync::OnceCell;
 
 use crate::{ErrorKind, InferenceError};
 
-/// Why a model was unloaded, as the log and the `reason` label of `kiln_model_unloads_total`
-/// name it.
+/// Reason for an unload, as the log and the `reason` label of `kiln_model_unloads_total` name
+/// it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnloadReason {
     /// Another model needed its memory.
@@ -36,7 +36,7 @@ impl UnloadReason {
     }
 }
 
-/// Why a model is loaded, as the `loading model` log line names it.
+/// Reason for a load, as the `loading model` log line names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoadReason {
     /// A request needs it and it is not loaded (first use, or after an unload).
@@ -155,7 +155,7 @@ impl<T: Clone> LoadedModels<T> {
 
     /// Returns the slot of model `id` with a lease on it, creating the slot when the model is
     /// not in the table. A new slot of `bytes` first unloads idle models as the budget needs.
-    /// `is_alive` tells whether a loaded copy still works; a dead one is replaced by an empty
+    /// `is_alive` returns whether a loaded copy still works; a dead one is replaced by an empty
     /// slot, which the caller then fills.
     pub fn checkout(
         &self,

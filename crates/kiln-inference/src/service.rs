@@ -81,6 +81,8 @@ pub struct InferenceService {
     /// before it resolves a model id until the model is loaded, and a swap or removal of a
     /// model's files holds it for writing. A request thus never loads a manifest's files after
     /// they were replaced or deleted.
+    /// NOTE: a swap waits for every load in progress, of any model, and requests that arrive
+    /// meanwhile wait behind the swap.
     store_lock: Arc<RwLock<()>>,
     /// Models of every task except text generation.
     encoders: EncoderService,
@@ -379,8 +381,8 @@ impl InferenceService {
     }
 
     /// Loads a model once: concurrent first requests wait for the same load, and a failed
-    /// load is retried by the next request. Returns the model with a lease that keeps it
-    /// loaded while the caller uses it.
+    /// load is retried by the next request. Returns the model with a lease, so the memory
+    /// budget does not unload it while the caller uses it.
     async fn load(
         &self,
         manifest: &Manifest,

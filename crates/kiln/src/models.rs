@@ -343,8 +343,8 @@ fn remove_remote(id: &str, node: &str, token: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Returns the admin API URL of model `id` on `node`; the `/` of a namespaced id such as
-/// `@custom/home-value` stays a path separator, as the node's route expects.
+/// Returns the admin API URL of model `id` on `node`. The `/` of a namespaced id such as
+/// `@custom/home-value` stays a path separator, because the node's route expects one.
 fn admin_model_url(node: &str, id: &str) -> anyhow::Result<reqwest::Url> {
     let mut url =
         reqwest::Url::parse(node).with_context(|| format!("invalid --node URL {node:?}"))?;

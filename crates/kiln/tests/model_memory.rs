@@ -140,8 +140,8 @@ fn budget_keeps_one_of_two_models() {
         assert_eq!(loaded_ids(&node, &token), vec![EMBEDDINGS_MODEL.to_owned()]);
     }
 
-    // Each model was unloaded for the other twice, except the embeddings model, which is
-    // still loaded after the last round.
+    // The chat model made room for the embeddings model twice. The embeddings model made room
+    // once, because it is still loaded after the last round.
     assert_eq!(unload_count(&node, CHAT_MODEL, "memory_budget"), 2.0);
     assert_eq!(unload_count(&node, EMBEDDINGS_MODEL, "memory_budget"), 1.0);
     let log = node.log_text();
@@ -295,7 +295,7 @@ fn reupload_during_requests_fails_none() {
     let old_prediction = first["prediction"][0].as_f64().expect("prediction");
     assert!((old_prediction - row_sum).abs() > 1.0, "{old_prediction}");
 
-    // The client loop records (index, status, prediction) of each request it sends.
+    // The client loop records (index, status, prediction, body) of each request it sends.
     let started = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let results = Arc::new(Mutex::new(Vec::new()));
@@ -320,8 +320,15 @@ fn reupload_during_requests_fails_none() {
             }
         })
     };
+    // The deadline only stops a hung test, since a client loop that panicked stops counting.
     let wait_for_requests = |count: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
         while results.lock().expect("results lock").len() < count {
+            assert!(
+                std::time::Instant::now() < deadline && !client.is_finished(),
+                "the client loop stopped before sending {count} requests; log:\n{}",
+                node.log_text()
+            );
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
     };
@@ -337,7 +344,7 @@ fn reupload_during_requests_fails_none() {
         .send()
         .expect("upload request");
     assert_eq!(response.status(), 200);
-    // Requests with a larger index started after the upload returned.
+    // Requests with this index or a larger one started after the upload returned.
     let swapped_at = started.load(Ordering::SeqCst);
     let done_before = results.lock().expect("results lock").len();
     wait_for_requests(done_before + 20);
@@ -364,7 +371,7 @@ fn reupload_during_requests_fails_none() {
         let prediction = prediction.unwrap_or_else(|| panic!("request {index}: {body}"));
         assert!(
             (prediction - row_sum).abs() < 1e-3,
-            "request {index} started after the upload returned, but the old model answered {prediction}"
+            "request {index} started after the upload returned, but the old model returned {prediction}"
         );
     }
     assert!(unload_count(&node, id, "replaced") >= 1.0);
