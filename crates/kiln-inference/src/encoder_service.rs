@@ -32,6 +32,9 @@ pub(crate) enum Loaded {
     Custom(CustomModel),
 }
 
+/// A loaded model with the lease its caller holds, or the load's error.
+type LoadResult = Result<(Loaded, Lease), InferenceError>;
+
 /// The non-generation models of a node, loaded once on first use.
 pub struct EncoderService {
     store: ModelStore,
@@ -140,7 +143,7 @@ impl EncoderService {
         &'a self,
         manifest: &'a Manifest,
         reason: LoadReason,
-    ) -> Pin<Box<dyn Future<Output = Result<(Loaded, Lease), InferenceError>> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = LoadResult> + Send + 'a>> {
         Box::pin(async move {
             let checkout =
                 self.models
