@@ -60,7 +60,8 @@ pub enum ModelsCommand {
         #[arg(long)]
         description: Option<String>,
     },
-    /// Upload a .onnx or .gguf file to a running node, which installs it as `import` does.
+    /// Upload a .onnx or .gguf file to a running node, which installs it as `import` does. An
+    /// installed model of the same id is replaced; its requests in flight finish first.
     Upload {
         /// The model file.
         path: PathBuf,
