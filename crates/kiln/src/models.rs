@@ -61,7 +61,7 @@ pub enum ModelsCommand {
         description: Option<String>,
     },
     /// Upload a .onnx or .gguf file to a running node, which installs it as `import` does. An
-    /// installed model of the same id is replaced; its requests in flight finish first.
+    /// installed model of the same id is replaced, and requests in flight finish on the old one.
     Upload {
         /// The model file.
         path: PathBuf,
