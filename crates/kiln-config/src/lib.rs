@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod byte_size;
 mod cron;
 mod dev_vars;
 mod wrangler;
 
+pub use byte_size::ByteSize;
 pub use cron::CronTrigger;
 pub use dev_vars::{load_dev_vars, parse_dev_vars, DevVarsError, DEV_VARS_FILE};
 pub use wrangler::{
@@ -71,6 +73,7 @@ pub struct NodeConfig {
     pub default_models: BTreeMap<String, String>,
     /// Models loaded when the node starts instead of on first use.
     pub preload: Vec<String>,
+    pub models: ModelSettings,
     pub workers: WorkerSettings,
     pub kv: KvSettings,
     pub deploy: DeploySettings,
@@ -92,11 +95,21 @@ impl Default for NodeConfig {
             aliases: BTreeMap::new(),
             default_models: BTreeMap::new(),
             preload: Vec::new(),
+            models: ModelSettings::default(),
             workers: WorkerSettings::default(),
             kv: KvSettings::default(),
             deploy: DeploySettings::default(),
         }
     }
+}
+
+/// Settings of loaded models: the memory budget they share.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSettings {
+    /// Total size of the files of the models kept loaded at once. Loading a model that would
+    /// exceed it first unloads the least recently used idle models. `None`: no limit.
+    pub memory_budget: Option<ByteSize>,
 }
 
 /// Request limits of the HTTP front.
@@ -382,6 +395,10 @@ impl NodeConfig {
                 "workers.isolates must be from 1 to 64",
             ),
             (
+                self.models.memory_budget != Some(ByteSize(0)),
+                "models.memory_budget must be more than 0; leave it out for no limit",
+            ),
+            (
                 self.limits.max_generated_tokens >= 1,
                 "limits.max_generated_tokens must be at least 1",
             ),
@@ -471,6 +488,18 @@ mod tests {
     fn out_of_range_value_is_rejected() {
         let error = NodeConfig::parse("[llama]\nparallel_sequences = 0").unwrap_err();
         assert!(error.contains("llama.parallel_sequences"), "{error}");
+    }
+
+    #[test]
+    fn memory_budget_takes_bytes_or_units() {
+        let config = NodeConfig::parse("[models]\nmemory_budget = \"2GiB\"").expect("parses");
+        assert_eq!(config.models.memory_budget, Some(ByteSize(2 << 30)));
+        let config = NodeConfig::parse("[models]\nmemory_budget = 1000").expect("parses");
+        assert_eq!(config.models.memory_budget, Some(ByteSize(1000)));
+        let config = NodeConfig::parse("").expect("parses");
+        assert_eq!(config.models.memory_budget, None);
+        let error = NodeConfig::parse("[models]\nmemory_budget = \"2 gigs\"").unwrap_err();
+        assert!(error.contains("invalid size"), "{error}");
     }
 
     #[test]

@@ -2,15 +2,14 @@
 //! text classification (zero-shot or trained checkpoints), image classification and custom
 //! ONNX models. Each loaded model owns a batch worker thread (see [`crate::batching`]).
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use kiln_models::{EngineKind, Manifest, ModelStore, Task};
 use serde_json::Value;
-use tokio::sync::OnceCell;
+use tokio::sync::RwLockReadGuard;
 
 use crate::batching::BatchOptions;
 use crate::classification::{self, ZeroShotClassifier, ZeroShotConfig};
@@ -18,12 +17,14 @@ use crate::custom::CustomModel;
 use crate::embeddings::{self, EmbeddingsInput, TextEncoder};
 use crate::engines::OnnxEngineOptions;
 use crate::image_classification::{self, ImageClassifier};
+use crate::loaded_models::{Lease, LoadReason, LoadedModels};
 use crate::sequence_classification::SequenceClassifier;
+use crate::service::Resident;
 use crate::usage::EncoderCounts;
 use crate::{ErrorKind, InferenceError};
 
 #[derive(Clone)]
-enum Loaded {
+pub(crate) enum Loaded {
     Encoder(TextEncoder),
     ZeroShot(ZeroShotClassifier),
     Sequence(SequenceClassifier),
@@ -31,33 +32,43 @@ enum Loaded {
     Custom(CustomModel),
 }
 
-type Slot = Arc<OnceCell<Loaded>>;
+/// A loaded model with the lease its caller holds, or the load's error.
+type LoadResult = Result<(Loaded, Lease), InferenceError>;
 
 /// The non-generation models of a node, loaded once on first use.
 pub struct EncoderService {
     store: ModelStore,
     onnx: OnnxEngineOptions,
     batching: BatchOptions,
-    loaded: Mutex<HashMap<String, Slot>>,
+    /// The node's table of loaded models, shared with text generation.
+    models: Arc<LoadedModels<Resident>>,
 }
 
 impl EncoderService {
-    pub fn new(store: ModelStore, onnx: OnnxEngineOptions, batching: BatchOptions) -> Self {
+    pub(crate) fn new(
+        store: ModelStore,
+        onnx: OnnxEngineOptions,
+        batching: BatchOptions,
+        models: Arc<LoadedModels<Resident>>,
+    ) -> Self {
         Self {
             store,
             onnx,
             batching,
-            loaded: Mutex::new(HashMap::new()),
+            models,
         }
     }
 
     /// Validates `input` for the model's task, loads the model if needed and runs it. Returns
     /// the result with the counts that usage accounting records, timed from after the load.
-    pub async fn run(
+    /// `store_guard` is released once the model is loaded.
+    pub(crate) async fn run(
         &self,
         manifest: &Manifest,
         input: Value,
+        store_guard: RwLockReadGuard<'_, ()>,
     ) -> Result<(Value, EncoderCounts), InferenceError> {
+        // Each `_lease` keeps the model marked in use until the run returns.
         let counts = |started: Instant, input_tokens: u64, images: u64| EncoderCounts {
             input_tokens,
             images,
@@ -66,9 +77,12 @@ impl EncoderService {
         match manifest.task {
             Task::TextEmbeddings => {
                 let input = EmbeddingsInput::parse(input)?;
-                let Loaded::Encoder(encoder) = self.load(manifest).await? else {
+                let (Loaded::Encoder(encoder), _lease) =
+                    self.load(manifest, LoadReason::Request).await?
+                else {
                     return Err(wrong_kind(manifest));
                 };
+                drop(store_guard);
                 let started = Instant::now();
                 let result = encoder.embed(&input.texts, input.pooling).await?;
                 let output = embeddings::output(&result, encoder.dimensions, input.pooling);
@@ -76,7 +90,8 @@ impl EncoderService {
             }
             Task::TextClassification => {
                 let text = classification::parse_text(input)?;
-                let loaded = self.load(manifest).await?;
+                let (loaded, _lease) = self.load(manifest, LoadReason::Request).await?;
+                drop(store_guard);
                 let started = Instant::now();
                 let result = match loaded {
                     Loaded::ZeroShot(classifier) => classifier.classify(text).await?,
@@ -89,17 +104,23 @@ impl EncoderService {
             }
             Task::ImageClassification => {
                 let bytes = image_classification::parse_image(input)?;
-                let Loaded::Image(classifier) = self.load(manifest).await? else {
+                let (Loaded::Image(classifier), _lease) =
+                    self.load(manifest, LoadReason::Request).await?
+                else {
                     return Err(wrong_kind(manifest));
                 };
+                drop(store_guard);
                 let started = Instant::now();
                 let result = classifier.classify(bytes).await?;
                 Ok((result, counts(started, 0, 1)))
             }
             Task::Custom => {
-                let Loaded::Custom(model) = self.load(manifest).await? else {
+                let (Loaded::Custom(model), _lease) =
+                    self.load(manifest, LoadReason::Request).await?
+                else {
                     return Err(wrong_kind(manifest));
                 };
+                drop(store_guard);
                 let started = Instant::now();
                 let result = model.run(input).await?;
                 Ok((result, counts(started, 0, 0)))
@@ -112,33 +133,41 @@ impl EncoderService {
 
     /// Loads a model ahead of its first request.
     pub async fn preload(&self, manifest: &Manifest) -> Result<(), InferenceError> {
-        self.load(manifest).await.map(|_| ())
+        self.load(manifest, LoadReason::Preload).await.map(|_| ())
     }
 
+    /// Loads a model once, as [`crate::InferenceService`] does for text generation, and
+    /// returns it with a lease, so the memory budget does not unload it while the caller uses
+    /// it.
     fn load<'a>(
         &'a self,
         manifest: &'a Manifest,
-    ) -> Pin<Box<dyn Future<Output = Result<Loaded, InferenceError>> + Send + 'a>> {
+        reason: LoadReason,
+    ) -> Pin<Box<dyn Future<Output = LoadResult> + Send + 'a>> {
         Box::pin(async move {
-            let slot = {
-                let mut loaded = self
-                    .loaded
-                    .lock()
-                    .map_err(|_| InferenceError::internal("the model table lock is poisoned"))?;
-                Arc::clone(loaded.entry(manifest.id.clone()).or_default())
-            };
-            let model = slot
+            let checkout =
+                self.models
+                    .checkout(&manifest.id, manifest.total_size(), Resident::is_alive)?;
+            let model = checkout
+                .slot
                 .get_or_try_init(|| async {
-                    let model = self.load_from_disk(manifest).await?;
-                    crate::service::record_model_memory(manifest);
-                    Ok::<_, InferenceError>(model)
+                    let model = self.load_from_disk(manifest, reason).await?;
+                    Ok::<_, InferenceError>(Resident::Encoder(model))
                 })
                 .await?;
-            Ok(model.clone())
+            self.models.record_loaded(&manifest.id, &checkout.slot);
+            match model {
+                Resident::Encoder(loaded) => Ok((loaded.clone(), checkout.lease)),
+                Resident::TextGeneration(_) => Err(wrong_kind(manifest)),
+            }
         })
     }
 
-    async fn load_from_disk(&self, manifest: &Manifest) -> Result<Loaded, InferenceError> {
+    async fn load_from_disk(
+        &self,
+        manifest: &Manifest,
+        reason: LoadReason,
+    ) -> Result<Loaded, InferenceError> {
         let unavailable = |reason: String| {
             tracing::error!(model = %manifest.id, error = %reason, "model load failed");
             InferenceError::new(
@@ -147,7 +176,7 @@ impl EncoderService {
             )
         };
         tracing::info!(model = %manifest.id, task = %manifest.task, engine = %manifest.engine,
-            "loading model");
+            reason = reason.as_str(), "loading model");
         let started = std::time::Instant::now();
 
         // A text classifier is zero-shot when its manifest has extra.zero_shot, and a trained
@@ -168,7 +197,11 @@ impl EncoderService {
                         config.encoder
                     ))
                 })?;
-            let Loaded::Encoder(encoder) = self.load(&encoder_manifest).await? else {
+            // NOTE: the classifier keeps its own copy of the encoder, so unloading the encoder
+            // under the memory budget frees its memory only once the classifier is unloaded too.
+            let (Loaded::Encoder(encoder), _lease) =
+                self.load(&encoder_manifest, LoadReason::Dependency).await?
+            else {
                 return Err(unavailable(format!(
                     "its encoder {} is not a text-embeddings model",
                     config.encoder

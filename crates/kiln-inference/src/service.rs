@@ -1,16 +1,18 @@
 //! Model resolution, lazy loading and dispatch by task.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use kiln_engine_llama::{EngineOptions, LlamaModelHandle};
-use kiln_models::{EngineKind, Manifest, ModelStore, Task};
+use kiln_models::{EngineKind, ImportOptions, Manifest, ModelStore, StoreError, Task};
 use serde_json::Value;
-use tokio::sync::OnceCell;
+use tokio::sync::{RwLock, RwLockReadGuard};
 
 use crate::batching::BatchOptions;
-use crate::encoder_service::EncoderService;
+use crate::encoder_service::{self, EncoderService};
 use crate::engines::OnnxEngineOptions;
+use crate::loaded_models::{Lease, LoadReason, LoadedModel, LoadedModels, UnloadReason};
 use crate::text_generation::{self, TextGenerationInput, TextStream};
 use crate::usage::{UsageContext, UsageRecord, UsageSink};
 use crate::{catalog, request_log, ErrorKind, InferenceError};
@@ -29,6 +31,8 @@ pub struct ServiceOptions {
     pub onnx: OnnxEngineOptions,
     /// Batch and queue limits of every embeddings, classification and custom model.
     pub batching: BatchOptions,
+    /// Total size in bytes of the files of the models kept loaded at once; `None`: no limit.
+    pub memory_budget: Option<u64>,
 }
 
 /// The result of one model run.
@@ -48,34 +52,38 @@ pub enum Output {
     TextStream(TextStream),
 }
 
+/// A loaded model of any task, as the shared table of loaded models keeps it.
 #[derive(Clone)]
-enum LoadedModel {
+pub(crate) enum Resident {
     TextGeneration(LlamaModelHandle),
+    Encoder(encoder_service::Loaded),
 }
 
-impl LoadedModel {
+impl Resident {
     /// Returns whether the model's worker thread still runs.
-    fn is_alive(&self) -> bool {
+    pub(crate) fn is_alive(&self) -> bool {
         match self {
-            LoadedModel::TextGeneration(handle) => handle.is_alive(),
+            Resident::TextGeneration(handle) => handle.is_alive(),
+            Resident::Encoder(_) => true,
         }
     }
-}
-
-type LoadSlot = Arc<OnceCell<LoadedModel>>;
-
-/// Sets the `kiln_model_memory_bytes` gauge of a model that has just loaded to the size of its
-/// files, an estimate of what its weights take in memory.
-pub(crate) fn record_model_memory(manifest: &Manifest) {
-    let bytes: u64 = manifest.files.iter().map(|file| file.size).sum();
-    metrics::gauge!("kiln_model_memory_bytes", "model" => manifest.id.clone()).set(bytes as f64);
 }
 
 /// Runs models by id. Cheap to share behind an `Arc`.
 pub struct InferenceService {
     store: ModelStore,
     options: ServiceOptions,
-    loaded: Mutex<HashMap<String, LoadSlot>>,
+    /// Loaded models of every task, with the memory budget. The `kiln_model_memory_bytes`
+    /// gauge of a model is the size of its files while it is loaded, an estimate of what its
+    /// weights take in memory, and 0 after it is unloaded.
+    models: Arc<LoadedModels<Resident>>,
+    /// Orders requests against uploads and removals: a request holds it for reading from
+    /// before it resolves a model id until the model is loaded, and a swap or removal of a
+    /// model's files holds it for writing. A request thus never loads a manifest's files after
+    /// they were replaced or deleted.
+    /// NOTE: a swap waits for every load in progress, of any model, and requests that arrive
+    /// meanwhile wait behind the swap.
+    store_lock: Arc<RwLock<()>>,
     /// Models of every task except text generation.
     encoders: EncoderService,
     /// Receiver of a usage record per run, when the node keeps usage accounting.
@@ -84,15 +92,18 @@ pub struct InferenceService {
 
 impl InferenceService {
     pub fn new(store: ModelStore, options: ServiceOptions) -> Self {
+        let models = Arc::new(LoadedModels::new(options.memory_budget));
         let encoders = EncoderService::new(
             store.clone(),
             options.onnx.clone(),
             options.batching.clone(),
+            Arc::clone(&models),
         );
         Self {
             store,
             options,
-            loaded: Mutex::new(HashMap::new()),
+            models,
+            store_lock: Arc::new(RwLock::new(())),
             encoders,
             usage_sink: None,
         }
@@ -170,10 +181,11 @@ impl InferenceService {
         input: Value,
     ) -> Result<RunOutput, InferenceError> {
         let model_requested = model;
+        let store_guard = self.store_lock.read().await;
         let manifest = self.resolve(model)?;
         let started = std::time::Instant::now();
         let result = self
-            .run_resolved(&manifest, input, self.usage_context(worker))
+            .run_resolved(&manifest, input, self.usage_context(worker), store_guard)
             .await;
         let elapsed = started.elapsed().as_secs_f64();
         let outcome = match &result {
@@ -204,17 +216,19 @@ impl InferenceService {
 
     /// Runs a resolved model: the part of [`InferenceService::run`] that the metrics time.
     /// Sends the usage of a run that succeeded to the sink, and returns it unless the output
-    /// is a stream (which records its own usage when it ends).
+    /// is a stream (which records its own usage when it ends). `store_guard` is released once
+    /// the model is loaded.
     async fn run_resolved(
         &self,
         manifest: &Manifest,
         input: Value,
         usage: UsageContext,
+        store_guard: RwLockReadGuard<'_, ()>,
     ) -> Result<(Output, Option<UsageRecord>), InferenceError> {
         match manifest.task {
             Task::TextGeneration => {
                 let input = TextGenerationInput::parse(input, self.options.max_generated_tokens)?;
-                let mut stream = self.start_generation(manifest, &input).await?;
+                let mut stream = self.start_generation(manifest, &input, store_guard).await?;
                 stream.attach_usage(usage.clone());
                 let submitted = stream.submitted_at();
                 if input.stream {
@@ -239,7 +253,7 @@ impl InferenceService {
             | Task::TextClassification
             | Task::ImageClassification
             | Task::Custom => {
-                let (result, counts) = self.encoders.run(manifest, input).await?;
+                let (result, counts) = self.encoders.run(manifest, input, store_guard).await?;
                 let record = UsageRecord {
                     model: manifest.id.clone(),
                     worker: usage.worker.clone(),
@@ -261,6 +275,7 @@ impl InferenceService {
         model: &str,
         input: &TextGenerationInput,
     ) -> Result<(String, TextStream), InferenceError> {
+        let store_guard = self.store_lock.read().await;
         let manifest = self.resolve(model)?;
         if manifest.task != Task::TextGeneration {
             return Err(InferenceError::invalid_input(format!(
@@ -275,7 +290,7 @@ impl InferenceService {
                 self.options.max_generated_tokens, input.max_tokens
             )));
         }
-        let mut stream = self.start_generation(&manifest, input).await?;
+        let mut stream = self.start_generation(&manifest, input, store_guard).await?;
         stream.attach_usage(self.usage_context(None));
         Ok((manifest.id, stream))
     }
@@ -284,9 +299,13 @@ impl InferenceService {
         &self,
         manifest: &Manifest,
         input: &TextGenerationInput,
+        store_guard: RwLockReadGuard<'_, ()>,
     ) -> Result<TextStream, InferenceError> {
-        let LoadedModel::TextGeneration(handle) = self.load(manifest).await?;
-        text_generation::start(&manifest.id, &handle, input).await
+        let (handle, lease) = self.load(manifest, LoadReason::Request).await?;
+        drop(store_guard);
+        let mut stream = text_generation::start(&manifest.id, &handle, input).await?;
+        stream.hold_lease(lease);
+        Ok(stream)
     }
 
     /// Returns the node's cap on `max_tokens`.
@@ -296,47 +315,104 @@ impl InferenceService {
 
     /// Loads a model into memory ahead of its first request.
     pub async fn preload(&self, model: &str) -> Result<(), InferenceError> {
+        let _store_guard = self.store_lock.read().await;
         let manifest = self.resolve(model)?;
         if manifest.task != Task::TextGeneration {
             return self.encoders.preload(&manifest).await;
         }
-        self.load(&manifest).await.map(|_| ())
+        self.load(&manifest, LoadReason::Preload).await.map(|_| ())
     }
 
     /// The context window of a loaded model, for the catalog; `None` until the model is loaded.
     pub fn loaded_context_tokens(&self, id: &str) -> Option<u32> {
-        let slot = self.loaded.lock().ok()?.get(id).cloned()?;
-        match slot.get()? {
-            LoadedModel::TextGeneration(handle) => Some(handle.info().context_tokens),
+        match self.models.peek(id)? {
+            Resident::TextGeneration(handle) => Some(handle.info().context_tokens),
+            Resident::Encoder(_) => None,
         }
     }
 
-    /// Loads a model once: concurrent first requests wait for the same load, and a failed
-    /// load is retried by the next request.
-    async fn load(&self, manifest: &Manifest) -> Result<LoadedModel, InferenceError> {
-        let slot = {
-            let mut loaded = self
-                .loaded
-                .lock()
-                .map_err(|_| InferenceError::internal("the model table lock is poisoned"))?;
-            let entry = loaded.entry(manifest.id.clone()).or_default();
-            if entry.get().is_some_and(|model| !model.is_alive()) {
-                tracing::warn!(model = %manifest.id, "the model's worker stopped; loading it again");
-                *entry = LoadSlot::default();
-            }
-            Arc::clone(entry)
-        };
-        let model = slot
-            .get_or_try_init(|| async {
-                let model = self.load_from_disk(manifest.clone()).await?;
-                record_model_memory(manifest);
-                Ok::<_, InferenceError>(model)
-            })
-            .await?;
-        Ok(model.clone())
+    /// Returns the memory budget in bytes, `None` when the node has none.
+    pub fn memory_budget(&self) -> Option<u64> {
+        self.options.memory_budget
     }
 
-    async fn load_from_disk(&self, manifest: Manifest) -> Result<LoadedModel, InferenceError> {
+    /// Lists the models loaded now, with their sizes and whether requests use them.
+    pub fn loaded_models(&self) -> Vec<LoadedModel> {
+        self.models.list()
+    }
+
+    /// Installs a model file or folder as `options.id`, replacing an installed model of that
+    /// id. Requests that already loaded the old model finish on it, and later ones load the
+    /// new files.
+    pub async fn install(
+        &self,
+        source: PathBuf,
+        options: ImportOptions,
+    ) -> Result<Manifest, StoreError> {
+        let store = self.store.clone();
+        let store_lock = Arc::clone(&self.store_lock);
+        let models = Arc::clone(&self.models);
+        let folder = self.store.model_dir(&options.id);
+        let install = move || {
+            let (manifest, replaced, guard) =
+                store.import_or_replace(&source, &options, || store_lock.blocking_write())?;
+            if replaced {
+                models.unload(&manifest.id, UnloadReason::Replaced);
+            }
+            drop(guard);
+            Ok(manifest)
+        };
+        tokio::task::spawn_blocking(install)
+            .await
+            .map_err(|error| task_failed(folder, error))?
+    }
+
+    /// Deletes an installed model and its files and unloads it. Requests that already loaded
+    /// it finish on their copy.
+    pub async fn remove(&self, id: &str) -> Result<(), StoreError> {
+        let _store_guard = self.store_lock.write().await;
+        let store = self.store.clone();
+        let owned_id = id.to_owned();
+        tokio::task::spawn_blocking(move || store.remove(&owned_id))
+            .await
+            .map_err(|error| task_failed(self.store.model_dir(id), error))??;
+        self.models.unload(id, UnloadReason::Removed);
+        Ok(())
+    }
+
+    /// Loads a model once: concurrent first requests wait for the same load, and a failed
+    /// load is retried by the next request. Returns the model with a lease, so the memory
+    /// budget does not unload it while the caller uses it.
+    async fn load(
+        &self,
+        manifest: &Manifest,
+        reason: LoadReason,
+    ) -> Result<(LlamaModelHandle, Lease), InferenceError> {
+        let checkout =
+            self.models
+                .checkout(&manifest.id, manifest.total_size(), Resident::is_alive)?;
+        let model = checkout
+            .slot
+            .get_or_try_init(|| async {
+                let model = self.load_from_disk(manifest.clone(), reason).await?;
+                Ok::<_, InferenceError>(Resident::TextGeneration(model))
+            })
+            .await?;
+        self.models.record_loaded(&manifest.id, &checkout.slot);
+        match model {
+            Resident::TextGeneration(handle) => Ok((handle.clone(), checkout.lease)),
+            Resident::Encoder(_) => Err(InferenceError::internal(format!(
+                "model {} is loaded as an encoder, not a text-generation model",
+                manifest.id
+            ))),
+        }
+    }
+
+    async fn load_from_disk(
+        &self,
+        manifest: Manifest,
+        reason: LoadReason,
+    ) -> Result<LlamaModelHandle, InferenceError> {
         let unavailable = |reason: String| {
             InferenceError::new(
                 ErrorKind::ModelUnavailable,
@@ -356,7 +432,7 @@ impl InferenceService {
 
         let options = self.options.llama.clone();
         let id = manifest.id.clone();
-        tracing::info!(model = %id, path = %path.display(), "loading model");
+        tracing::info!(model = %id, path = %path.display(), reason = reason.as_str(), "loading model");
         let started = std::time::Instant::now();
         let handle = tokio::task::spawn_blocking(move || LlamaModelHandle::load(&path, options))
             .await
@@ -372,6 +448,14 @@ impl InferenceService {
             parameters = handle.info().parameters,
             "model loaded"
         );
-        Ok(LoadedModel::TextGeneration(handle))
+        Ok(handle)
+    }
+}
+
+/// Reports a blocking store task that panicked or was cancelled as an I/O error on `folder`.
+fn task_failed(folder: PathBuf, error: tokio::task::JoinError) -> StoreError {
+    StoreError::Io {
+        path: folder,
+        source: std::io::Error::other(format!("the model store task failed: {error}")),
     }
 }

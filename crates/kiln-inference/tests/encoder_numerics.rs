@@ -40,6 +40,7 @@ fn service() -> InferenceService {
                 max_wait: Duration::from_millis(2),
                 ..BatchOptions::default()
             },
+            memory_budget: None,
         },
     )
 }

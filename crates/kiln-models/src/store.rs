@@ -185,17 +185,110 @@ impl ModelStore {
     ) -> Result<Manifest, StoreError> {
         let id = options.id.as_str();
         validate_id(id)?;
+        let destination = self.model_dir(id);
+        if destination.exists() {
+            return Err(StoreError::AlreadyExists { id: id.to_string() });
+        }
+        let (staging, manifest) =
+            self.stage_import(source, options, transfer, false, quantization)?;
+        let staging_path = staging.keep();
+        if let Err(error) = std::fs::rename(&staging_path, &destination) {
+            if let Err(cleanup) = std::fs::remove_dir_all(&staging_path) {
+                tracing::warn!(path = %staging_path.display(), error = %cleanup, "could not delete the import staging folder");
+            }
+            if destination.exists() {
+                return Err(StoreError::AlreadyExists { id: id.to_string() });
+            }
+            return Err(StoreError::io(&destination, error));
+        }
+        transfer::sync_dir(&self.root);
+        log_imported(&manifest);
+        Ok(manifest)
+    }
+
+    /// Imports a single file or folder like [`ModelStore::import`], but replaces an installed
+    /// model of the same id instead of failing. The files are hashed and copied first, then
+    /// `lock` runs and the old folder is swapped for the new one while its guard lives.
+    /// Returns the manifest, whether a model was replaced, and the guard, so the caller can
+    /// finish its own part of the swap before other users of the store see the new model.
+    ///
+    /// The swap is two renames (old folder out, new folder in), so a reader that does not
+    /// take the same lock can briefly find no model under the id.
+    pub fn import_or_replace<G>(
+        &self,
+        source: &Path,
+        options: &ImportOptions,
+        lock: impl FnOnce() -> G,
+    ) -> Result<(Manifest, bool, G), StoreError> {
+        let id = options.id.as_str();
+        validate_id(id)?;
+        let transfer = if options.link {
+            Transfer::Link
+        } else {
+            Transfer::Copy
+        };
+        let (staging, manifest) = self.stage_import(source, options, transfer, true, None)?;
+        let destination = self.model_dir(id);
+
+        let guard = lock();
+        let trash = tempfile::Builder::new()
+            .prefix(".remove-")
+            .tempdir_in(&self.root)
+            .at(&self.root)?;
+        let old = trash.path().join("model");
+        let replaced = match std::fs::rename(&destination, &old) {
+            Ok(()) => true,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => false,
+            Err(error) => return Err(StoreError::io(&destination, error)),
+        };
+        let staging_path = staging.keep();
+        if let Err(error) = std::fs::rename(&staging_path, &destination) {
+            if let Err(cleanup) = std::fs::remove_dir_all(&staging_path) {
+                tracing::warn!(path = %staging_path.display(), error = %cleanup, "could not delete the import staging folder");
+            }
+            if replaced {
+                if let Err(restore) = std::fs::rename(&old, &destination) {
+                    // Keeping the trash folder keeps the old files for a manual restore.
+                    let kept = trash.keep();
+                    tracing::error!(id, error = %restore, path = %kept.display(),
+                        "could not move the replaced model back after a failed swap");
+                }
+            }
+            return Err(StoreError::io(&destination, error));
+        }
+        transfer::sync_dir(&self.root);
+        let trash_path = trash.path().to_path_buf();
+        if let Err(error) = trash.close() {
+            tracing::warn!(path = %trash_path.display(), %error, "could not delete the replaced model's files");
+        }
+        log_imported(&manifest);
+        if replaced {
+            tracing::info!(id, "replaced model");
+        }
+        Ok((manifest, replaced, guard))
+    }
+
+    /// Hashes and copies (or links) the files of an import into a staging folder inside the
+    /// root and writes the manifest there, with `quantization` for a converted model.
+    /// `replacing` lets the id belong to an installed model, whose aliases then do not count as
+    /// taken.
+    fn stage_import(
+        &self,
+        source: &Path,
+        options: &ImportOptions,
+        transfer: Transfer,
+        replacing: bool,
+        quantization: Option<Quantization>,
+    ) -> Result<(tempfile::TempDir, Manifest), StoreError> {
+        let id = options.id.as_str();
         let aliases = normalize_aliases(id, &options.aliases)?;
         let expected_sha256 = options
             .expected_sha256
             .as_deref()
             .map(normalize_sha256)
             .transpose()?;
-        let destination = self.model_dir(id);
-        if destination.exists() {
-            return Err(StoreError::AlreadyExists { id: id.to_string() });
-        }
-        self.check_names_free(id, &aliases)?;
+        let replaced_id = replacing.then_some(id);
+        self.check_names_free(id, &aliases, replaced_id)?;
 
         tracing::info!(id, source = %source.display(), "importing model");
         let plan = plan_import(source, id, options.task, options.weights.as_deref())?;
@@ -256,28 +349,7 @@ impl ModelStore {
         let json = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes to JSON");
         transfer::write_atomic(&staging.path().join(MANIFEST_FILE), &json)?;
         transfer::sync_dir(staging.path());
-
-        let staging_path = staging.keep();
-        if let Err(error) = std::fs::rename(&staging_path, &destination) {
-            if let Err(cleanup) = std::fs::remove_dir_all(&staging_path) {
-                tracing::warn!(path = %staging_path.display(), error = %cleanup, "could not delete the import staging folder");
-            }
-            if destination.exists() {
-                return Err(StoreError::AlreadyExists { id: id.to_string() });
-            }
-            return Err(StoreError::io(&destination, error));
-        }
-        transfer::sync_dir(&self.root);
-
-        tracing::info!(
-            id,
-            engine = %manifest.engine,
-            task = %manifest.task,
-            files = manifest.files.len(),
-            bytes = manifest.total_size(),
-            "imported model"
-        );
-        Ok(manifest)
+        Ok((staging, manifest))
     }
 
     /// Deletes a model and its files.
@@ -373,9 +445,18 @@ impl ModelStore {
         Ok(manifest)
     }
 
-    /// Rejects an import whose id or aliases already name another model.
-    fn check_names_free(&self, id: &str, aliases: &[String]) -> Result<(), StoreError> {
+    /// Rejects an import whose id or aliases already name another model. The model
+    /// `replaced`, when given, is about to be replaced, so its names do not count.
+    fn check_names_free(
+        &self,
+        id: &str,
+        aliases: &[String],
+        replaced: Option<&str>,
+    ) -> Result<(), StoreError> {
         for existing in self.list()? {
+            if Some(existing.id.as_str()) == replaced {
+                continue;
+            }
             if existing.aliases.iter().any(|alias| alias == id) {
                 return Err(StoreError::NameInUse {
                     name: "id",
@@ -402,6 +483,17 @@ impl ModelStore {
 pub fn sha256_file(path: &Path) -> Result<String, StoreError> {
     let (sha256, _) = hash_file(path, &indicatif::ProgressBar::hidden())?;
     Ok(sha256)
+}
+
+fn log_imported(manifest: &Manifest) {
+    tracing::info!(
+        id = %manifest.id,
+        engine = %manifest.engine,
+        task = %manifest.task,
+        files = manifest.files.len(),
+        bytes = manifest.total_size(),
+        "imported model"
+    );
 }
 
 /// Validates aliases with the id rules and drops duplicates and the id itself.

@@ -454,6 +454,67 @@ fn import_rejects_taken_alias() {
 }
 
 #[test]
+fn replace_swaps_files_under_lock() {
+    let (dir, store) = new_store();
+    let first = write(dir.path(), "first.gguf", &gguf_bytes(10));
+    let second = write(dir.path(), "second.gguf", &gguf_bytes(20));
+    let original = store.import(&first, &ImportOptions::new("swap")).unwrap();
+
+    let mut seen_at_lock = None;
+    let (manifest, replaced, guard) = store
+        .import_or_replace(&second, &ImportOptions::new("swap"), || {
+            seen_at_lock = Some(store.get("swap").unwrap());
+            "guard"
+        })
+        .unwrap();
+
+    assert!(replaced);
+    assert_eq!(guard, "guard");
+    // The new files are staged before the lock, and the old model is still in place then.
+    assert_eq!(seen_at_lock, Some(Some(original)));
+    assert_eq!(manifest.files[0].path, "second.gguf");
+    assert_eq!(manifest.files[0].size, gguf_bytes(20).len() as u64);
+    assert_eq!(store.get("swap").unwrap(), Some(manifest));
+    let model_files = entries(&store.model_dir("swap"));
+    assert_eq!(model_files, vec!["manifest.json", "second.gguf"]);
+    let root_entries = entries(store.root());
+    assert_eq!(root_entries, vec!["swap"]);
+}
+
+#[test]
+fn replace_installs_missing_id() {
+    let (dir, store) = new_store();
+    let source = write(dir.path(), "m.gguf", &gguf_bytes(0));
+    let (manifest, replaced, ()) = store
+        .import_or_replace(&source, &ImportOptions::new("fresh"), || ())
+        .unwrap();
+    assert!(!replaced);
+    assert_eq!(store.get("fresh").unwrap(), Some(manifest));
+}
+
+#[test]
+fn replace_keeps_own_aliases_only() {
+    let (dir, store) = new_store();
+    let source = write(dir.path(), "m.gguf", &gguf_bytes(0));
+    let with_alias = |id: &str| ImportOptions {
+        aliases: vec!["nickname".to_string()],
+        ..ImportOptions::new(id)
+    };
+    store.import(&source, &with_alias("owner")).unwrap();
+
+    let replaced = store.import_or_replace(&source, &with_alias("owner"), || ());
+    assert!(replaced.is_ok(), "{:?}", replaced.err());
+
+    let mut locked = false;
+    let error = store
+        .import_or_replace(&source, &with_alias("other"), || locked = true)
+        .unwrap_err();
+    assert!(matches!(error, StoreError::NameInUse { .. }), "{error}");
+    assert!(!locked, "the lock ran for a rejected import");
+    assert_eq!(store.list().unwrap().len(), 1);
+}
+
+#[test]
 fn import_checks_expected_hash() {
     let (dir, store) = new_store();
     let bytes = gguf_bytes(64);

@@ -1,10 +1,12 @@
 //! The node's admin API under `/admin/v1/`, guarded by bearer tokens (see [`crate::tokens`]).
 //!
-//! Models (listing needs any token, uploading a `models` token):
+//! Models (listing needs any token, uploading and removing a `models` token):
 //!
-//! - `GET /admin/v1/models`: the installed manifests;
+//! - `GET /admin/v1/models`: the installed manifests, each with `loaded`, and the memory use;
 //! - `PUT /admin/v1/models/{id}?filename=NAME[&task=TASK][&sha256=HEX]`: a `.onnx` or `.gguf`
-//!   file as the body, installed as model `id` (see [`crate::model_upload`]).
+//!   file as the body, installed as model `id`, replacing an installed model of that id (see
+//!   [`crate::model_upload`]);
+//! - `DELETE /admin/v1/models/{id}`: deletes the model and its files and unloads it.
 //!
 //! KV namespaces and keys (reading needs any token, writing a `kv` token):
 //!
@@ -56,7 +58,10 @@ pub const MAX_BULK_PAIRS: usize = 10_000;
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/admin/v1/models", get(crate::model_upload::list))
-        .route("/admin/v1/models/{*id}", put(crate::model_upload::upload))
+        .route(
+            "/admin/v1/models/{*id}",
+            put(crate::model_upload::upload).delete(crate::model_upload::remove),
+        )
         .route("/admin/v1/kv/namespaces", get(list_namespaces))
         .route(
             "/admin/v1/kv/namespaces/{namespace}",

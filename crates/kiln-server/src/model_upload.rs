@@ -1,6 +1,9 @@
-//! Model uploads over the admin API: the body (one `.onnx` or `.gguf` file) streams to a
-//! staging file in the node's data folder and is then imported as `kiln models import` does,
-//! with the same hashing, checks and manifest. The staging file is removed either way.
+//! Models over the admin API: listing, uploads and removal.
+//!
+//! An upload's body (one `.onnx` or `.gguf` file) streams to a staging file in the node's data
+//! folder and is then imported as `kiln models import` does, with the same hashing, checks and
+//! manifest. The staging file is removed either way. Uploading an installed id replaces that
+//! model: requests in flight finish on the old one, and the next ones load the new files.
 
 use std::path::Path as FilePath;
 use std::sync::Arc;
@@ -22,6 +25,8 @@ use crate::AppState;
 /// Folder under the data folder where uploads are staged.
 const STAGING_DIR: &str = "uploads";
 
+/// `GET /admin/v1/models`: the installed manifests, each with `loaded` (whether it is in
+/// memory now), and the node's `memory` use: `{"budget": BYTES or null, "loaded_bytes": N}`.
 pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> AdminResult {
     authorize(&state, &headers, Scope::Read)?;
     let manifests = state
@@ -29,7 +34,45 @@ pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Adm
         .store()
         .list()
         .map_err(|error| AdminError::new(500, error.to_string()))?;
-    Ok(success(json!({ "models": manifests })))
+    let loaded = state.inference.loaded_models();
+    let mut models = Vec::with_capacity(manifests.len());
+    for manifest in manifests {
+        let is_loaded = loaded.iter().any(|model| model.id == manifest.id);
+        let mut model = json!(manifest);
+        model["loaded"] = json!(is_loaded);
+        models.push(model);
+    }
+    let loaded_bytes: u64 = loaded.iter().map(|model| model.bytes).sum();
+    Ok(success(json!({
+        "models": models,
+        "memory": {
+            "budget": state.inference.memory_budget(),
+            "loaded_bytes": loaded_bytes,
+        },
+    })))
+}
+
+/// `DELETE /admin/v1/models/{id}`: deletes an installed model and its files and unloads it.
+/// Requests that already run on it finish.
+pub async fn remove(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> AdminResult {
+    authorize(&state, &headers, Scope::Models)?;
+    state.inference.remove(&id).await.map_err(|error| {
+        let status = match error {
+            StoreError::NotFound { .. } => 404,
+            StoreError::InvalidId { .. } => 400,
+            _ => {
+                tracing::error!(model = %id, error = %error, "failed to remove a model");
+                500
+            }
+        };
+        AdminError::new(status, error.to_string())
+    })?;
+    tracing::info!(model = %id, "model removed over the admin API");
+    Ok(success(json!({ "id": id })))
 }
 
 #[derive(Deserialize)]
@@ -90,16 +133,13 @@ pub async fn upload(
     let path = staging.path().join(&name);
     let bytes = receive(body, &path).await?;
 
-    let store = state.inference.store().clone();
     let options = ImportOptions {
         task,
         expected_sha256: query.sha256,
         source: Some(format!("upload:{name}")),
         ..ImportOptions::new(id.clone())
     };
-    let imported = tokio::task::spawn_blocking(move || store.import(&path, &options))
-        .await
-        .map_err(|error| AdminError::new(500, format!("the import task failed: {error}")))?;
+    let imported = state.inference.install(path, options).await;
     drop(staging);
     let manifest =
         imported.map_err(|error| AdminError::new(import_status(&error), error.to_string()))?;

@@ -67,7 +67,8 @@ pub enum ModelsCommand {
         #[arg(long, value_name = "TYPE")]
         quantize: Option<QuantizationType>,
     },
-    /// Upload a .onnx or .gguf file to a running node, which installs it as `import` does.
+    /// Upload a .onnx or .gguf file to a running node, which installs it as `import` does. An
+    /// installed model of the same id is replaced, and requests in flight finish on the old one.
     Upload {
         /// The model file.
         path: PathBuf,
@@ -111,12 +112,25 @@ pub enum ModelsCommand {
         /// Id of the installed model, as `kiln models list` shows it.
         id: String,
     },
-    /// Delete an installed model and its files.
+    /// Delete an installed model and its files: from a running node with `--node` and
+    /// `--token` (the node also unloads it), else from the local models folder.
     Remove {
         #[command(flatten)]
         paths: NodePaths,
         /// Id of the installed model, as `kiln models list` shows it.
         id: String,
+        /// URL of a running node, e.g. http://127.0.0.1:8787.
+        #[arg(long, env = "KILN_NODE", value_name = "URL")]
+        node: Option<String>,
+        /// Admin API token of the node with scope models (needs --node).
+        #[arg(
+            long,
+            env = "KILN_TOKEN",
+            value_name = "TOKEN",
+            requires = "node",
+            hide_env_values = true
+        )]
+        token: Option<String>,
     },
 }
 
@@ -197,7 +211,26 @@ pub fn run(command: ModelsCommand) -> anyhow::Result<()> {
             println!("{id}: every file matches its manifest");
             Ok(())
         }
-        ModelsCommand::Remove { paths, id } => {
+        ModelsCommand::Remove {
+            id,
+            node: Some(node),
+            token,
+            ..
+        } => {
+            let Some(token) = token else {
+                anyhow::bail!(
+                    "--node needs --token (or KILN_TOKEN): create one on the node with \
+                     `kiln tokens create --scope models`"
+                );
+            };
+            remove_remote(&id, &node, &token)
+        }
+        ModelsCommand::Remove {
+            paths,
+            id,
+            node: None,
+            ..
+        } => {
             open_store(&paths)?.remove(&id)?;
             println!("removed {id}");
             Ok(())
@@ -309,13 +342,7 @@ fn upload(
         .file_name()
         .and_then(|name| name.to_str())
         .context("the model file has no UTF-8 file name")?;
-    let mut url =
-        reqwest::Url::parse(node).with_context(|| format!("invalid --node URL {node:?}"))?;
-    url.path_segments_mut()
-        .map_err(|()| anyhow::anyhow!("invalid --node URL {node:?}"))?
-        .pop_if_empty()
-        .extend(["admin", "v1", "models"])
-        .extend(id.split('/'));
+    let url = admin_model_url(node, id)?;
     let mut query = vec![("filename", name.to_owned())];
     if let Some(task) = task {
         query.push(("task", task.to_string()));
@@ -342,6 +369,41 @@ fn upload(
         .send()
         .context("the request to the node failed")?;
     bar.finish_and_clear();
+    let answer = admin_result(response)?;
+    let manifest: Manifest = serde_json::from_value(answer["result"].clone())
+        .context("the node sent an invalid manifest")?;
+    print_installed(&manifest);
+    Ok(())
+}
+
+/// Sends `DELETE /admin/v1/models/{id}` to a running node.
+fn remove_remote(id: &str, node: &str, token: &str) -> anyhow::Result<()> {
+    let response = reqwest::blocking::Client::new()
+        .delete(admin_model_url(node, id)?)
+        .bearer_auth(token)
+        .send()
+        .context("the request to the node failed")?;
+    admin_result(response)?;
+    println!("removed {id} from {node}");
+    Ok(())
+}
+
+/// Returns the admin API URL of model `id` on `node`. The `/` of a namespaced id such as
+/// `@custom/home-value` stays a path separator, because the node's route expects one.
+fn admin_model_url(node: &str, id: &str) -> anyhow::Result<reqwest::Url> {
+    let mut url =
+        reqwest::Url::parse(node).with_context(|| format!("invalid --node URL {node:?}"))?;
+    url.path_segments_mut()
+        .map_err(|()| anyhow::anyhow!("invalid --node URL {node:?}"))?
+        .pop_if_empty()
+        .extend(["admin", "v1", "models"])
+        .extend(id.split('/'));
+    Ok(url)
+}
+
+/// Returns the JSON body of a successful admin API response, or an error with the node's
+/// status and message.
+fn admin_result(response: reqwest::blocking::Response) -> anyhow::Result<serde_json::Value> {
     let status = response.status();
     let answer: serde_json::Value = response.json().unwrap_or_default();
     if !status.is_success() {
@@ -350,8 +412,5 @@ fn upload(
             .unwrap_or("no error message");
         anyhow::bail!("the node returned {status}: {message}");
     }
-    let manifest: Manifest = serde_json::from_value(answer["result"].clone())
-        .context("the node sent an invalid manifest")?;
-    print_installed(&manifest);
-    Ok(())
+    Ok(answer)
 }

@@ -284,6 +284,10 @@ pub(crate) fn service_options(config: &NodeConfig) -> ServiceOptions {
             max_wait: std::time::Duration::from_millis(config.batching.max_wait_ms),
             queue_capacity: config.batching.queue_capacity,
         },
+        memory_budget: config
+            .models
+            .memory_budget
+            .map(kiln_config::ByteSize::bytes),
     }
 }
 

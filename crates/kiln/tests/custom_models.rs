@@ -171,12 +171,10 @@ fn upload_over_admin_api_installs_model() {
     let body: Value = response.json().expect("JSON body");
     assert_predictions(&body["prediction"], &expected.predictions);
 
-    // A second upload under the same id conflicts and leaves the first in place.
+    // A second upload under the same id replaces the first; tests/model_memory.rs checks that
+    // the next requests run on the new files.
     let again = upload(&models_token, "@custom/uploaded");
-    assert!(!again.status.success());
-    let stderr = String::from_utf8_lossy(&again.stderr);
-    assert!(stderr.contains("409"), "{stderr}");
-    assert!(stderr.contains("already exists"), "{stderr}");
+    assert!(again.status.success(), "{again:?}");
     let staged = std::fs::read_dir(data.join("uploads"))
         .expect("staging folder")
         .count();

@@ -12,6 +12,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::tools::{forced_call_schema, messages_with_tool_prompt, parse_tool_calls, tools_json};
 use super::{Prompt, ResponseFormat, TextGenerationInput, Tool, ToolCall};
+use crate::loaded_models::Lease;
 use crate::usage::{UsageContext, UsageRecord};
 use crate::{ErrorKind, InferenceError};
 
@@ -63,6 +64,9 @@ pub struct TextStream {
     text_events: u64,
     /// Whether the usage was recorded, so that it is recorded once.
     usage_recorded: bool,
+    /// Keeps the model marked in use until the stream is dropped, so the memory budget does
+    /// not unload it under the generation.
+    lease: Option<Lease>,
 }
 
 impl TextStream {
@@ -122,6 +126,10 @@ impl TextStream {
     }
 
     /// Makes the stream report its usage to `usage` when it finishes or is dropped.
+    pub(crate) fn hold_lease(&mut self, lease: Lease) {
+        self.lease = Some(lease);
+    }
+
     pub(crate) fn attach_usage(&mut self, usage: UsageContext) {
         self.usage = usage;
     }
@@ -267,6 +275,7 @@ pub async fn start(
                 usage: UsageContext::default(),
                 text_events: 0,
                 usage_recorded: false,
+                lease: None,
             })
         }
         Some(GenerateEvent::Failed(error)) => Err(engine_error(error)),
