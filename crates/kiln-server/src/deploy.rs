@@ -163,6 +163,9 @@ pub enum Routed {
     Api,
     /// A host that no worker is routed on.
     NoWorker(String),
+    /// A stored worker whose version in service failed to start when the node started, with
+    /// the reason.
+    Unavailable(String),
 }
 
 /// Every deployed worker of a node.
@@ -174,6 +177,9 @@ pub struct Deployments {
     /// Settings that turn worker requests into HTTP responses.
     pub http: WorkerHttp,
     active: RwLock<BTreeMap<String, Arc<ActiveWorker>>>,
+    /// Workers whose version in service failed to start at node start, with the error, until
+    /// a deploy, rollback or secret change starts one.
+    failed: RwLock<BTreeMap<String, String>>,
     /// One lock per worker name, held by deploys, rollbacks and secret changes, so each of
     /// them starts from and leaves one complete version in service.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -200,6 +206,7 @@ impl Deployments {
             settings: settings.clone(),
             http,
             active: RwLock::new(BTreeMap::new()),
+            failed: RwLock::new(BTreeMap::new()),
             locks: Mutex::new(HashMap::new()),
         })
     }
@@ -231,12 +238,19 @@ impl Deployments {
                     tracing::info!(worker = %name, version, "deployed worker started");
                     self.install(active);
                 }
-                Err(error) => tracing::error!(
-                    worker = %name,
-                    version,
-                    error = %error.message,
-                    "deployed worker failed to start; it does not serve until the next deploy"
-                ),
+                Err(error) => {
+                    tracing::error!(
+                        worker = %name,
+                        version,
+                        error = %error.message,
+                        "deployed worker failed to start; it does not serve until the next deploy"
+                    );
+                    let mut failed = self
+                        .failed
+                        .write()
+                        .unwrap_or_else(|poison| poison.into_inner());
+                    failed.insert(name.clone(), error.message);
+                }
             }
         }
     }
@@ -301,6 +315,10 @@ impl Deployments {
             .active
             .write()
             .unwrap_or_else(|poison| poison.into_inner());
+        self.failed
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .remove(&active.name);
         workers.insert(active.name.clone(), Arc::new(active));
     }
 
@@ -510,8 +528,12 @@ impl Deployments {
         Ok(existed)
     }
 
+    /// Starts the worker's version in service again, also one that failed to start before.
     async fn restart(&self, worker: &str) -> Result<(), AdminError> {
-        if let Some(version) = self.active_version(worker) {
+        let version = self
+            .active_version(worker)
+            .or_else(|| read_active(&self.worker_dir(worker)));
+        if let Some(version) = version {
             let active = self.start_version(worker, version).await?;
             self.install(active);
             tracing::info!(worker = %worker, version, "worker restarted with changed secrets");
@@ -536,11 +558,17 @@ impl Deployments {
             .unwrap_or_else(|poison| poison.into_inner());
         let domain = self.settings.domain.to_ascii_lowercase();
         if let Some(name) = host.strip_suffix(&format!(".{domain}")) {
-            return workers
-                .get(name)
-                .map_or(Routed::NoWorker(host.clone()), |active| {
-                    Routed::Worker(Arc::clone(active))
-                });
+            if let Some(active) = workers.get(name) {
+                return Routed::Worker(Arc::clone(active));
+            }
+            let failed = self
+                .failed
+                .read()
+                .unwrap_or_else(|poison| poison.into_inner());
+            return match failed.get(name) {
+                Some(error) => Routed::Unavailable(error.clone()),
+                None => Routed::NoWorker(host.clone()),
+            };
         }
         let best = workers
             .values()

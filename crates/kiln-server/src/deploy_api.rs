@@ -326,6 +326,12 @@ pub(crate) async fn route_by_host(
             )
             .await
         }
+        Routed::Unavailable(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "text/plain;charset=UTF-8")],
+            format!("{error}. Deploy or roll back the worker, or fix the node's secrets key"),
+        )
+            .into_response(),
         Routed::NoWorker(host) => (
             StatusCode::NOT_FOUND,
             [(header::CONTENT_TYPE, "text/plain;charset=UTF-8")],

@@ -730,3 +730,64 @@ fn sigterm_stops_a_looping_deploy() {
     let status = status.expect("the node exited after SIGTERM while a worker's top level looped");
     assert!(status.success(), "exit status {status}");
 }
+
+#[test]
+fn worker_that_fails_at_restart_gets_503() {
+    let home = tempfile::tempdir().unwrap();
+    let key_file = home.path().join("secrets.key");
+    std::fs::write(&key_file, "11".repeat(32)).unwrap();
+    let config = format!(
+        "[deploy]\nsecrets_key_file = {:?}\n",
+        key_file.to_str().unwrap()
+    );
+    let mut node = Node::start_at(&common::models_dir(), &config, home.path());
+    let token = create_token(&node.data_dir, "deploy");
+    let folder = tempfile::tempdir().unwrap();
+    write_worker(folder.path(), "keyed", "r1", "");
+    let deployer = |node: &Node, args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--node", node.base.as_str(), "--token", token.as_str()]);
+        let output = kiln(&all);
+        assert!(output.status.success(), "{}", stderr(&output));
+    };
+    deployer(&node, &["deploy", folder.path().to_str().unwrap()]);
+    let client = reqwest::blocking::Client::new();
+    let put = client
+        .put(node.url("/admin/v1/workers/keyed/secrets/API_KEY"))
+        .bearer_auth(&token)
+        .body("first")
+        .send()
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+    assert!(node.terminate(Duration::from_secs(30)).is_some());
+
+    // With another key the stored secret does not open, so the worker reports why.
+    std::fs::write(&key_file, "22".repeat(32)).unwrap();
+    let node = Node::start_at(&common::models_dir(), &config, home.path());
+    let response = client
+        .get(node.url("/secret"))
+        .header("host", "keyed.localhost")
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let text = response.text().unwrap();
+    assert!(
+        text.contains("API_KEY") && text.contains("cannot be decrypted"),
+        "{text}"
+    );
+
+    // Storing the secret again under the new key starts the version in service.
+    let put = client
+        .put(node.url("/admin/v1/workers/keyed/secrets/API_KEY"))
+        .bearer_auth(&token)
+        .body("second")
+        .send()
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+    let response = client
+        .get(node.url("/secret"))
+        .header("host", "keyed.localhost")
+        .send()
+        .unwrap();
+    assert_eq!(response.text().unwrap(), "second");
+}
