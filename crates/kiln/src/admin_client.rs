@@ -36,13 +36,24 @@ impl AdminClient {
         })
     }
 
-    /// Starts a request to the path segments after the base, each escaped.
-    pub fn request(&self, method: reqwest::Method, path: &[&str]) -> reqwest::RequestBuilder {
+    /// Returns the URL of the path segments after the base, each escaped.
+    pub fn url(&self, path: &[&str]) -> reqwest::Url {
         let mut url = self.base.clone();
         url.path_segments_mut()
             .expect("the base URL has a path")
             .extend(path);
-        self.client.request(method, url).bearer_auth(&self.token)
+        url
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Starts a request to the path segments after the base.
+    pub fn request(&self, method: reqwest::Method, path: &[&str]) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(&self.token)
     }
 
     /// Sends a request without a body and returns the `result` of a successful response.
@@ -73,10 +84,14 @@ impl AdminClient {
             return Ok(response);
         }
         let body: Value = response.json().await.unwrap_or(Value::Null);
-        let message = body["errors"][0]["message"]
-            .as_str()
-            .unwrap_or("no error message")
-            .to_owned();
-        bail!("the node returned {status}: {message}")
+        Err(failure(status, &body))
     }
+}
+
+/// Returns the error of a failed admin API response: its status and the node's message.
+pub fn failure(status: reqwest::StatusCode, body: &Value) -> anyhow::Error {
+    let message = body["errors"][0]["message"]
+        .as_str()
+        .unwrap_or("no error message");
+    anyhow::anyhow!("the node returned {status}: {message}")
 }

@@ -8,6 +8,7 @@ use kiln_engine_llama::quantize::QuantizationType;
 use kiln_models::hub::{self, HubOptions};
 use kiln_models::{ImportOptions, Manifest, ModelStore, Task};
 
+use crate::admin_client::AdminClient;
 use crate::NodePaths;
 
 #[derive(Subcommand)]
@@ -342,7 +343,8 @@ fn upload(
         .file_name()
         .and_then(|name| name.to_str())
         .context("the model file has no UTF-8 file name")?;
-    let url = admin_model_url(node, id)?;
+    let client = AdminClient::new(node, Some(token), "models", &["models"])?;
+    let url = model_url(&client, id);
     let mut query = vec![("filename", name.to_owned())];
     if let Some(task) = task {
         query.push(("task", task.to_string()));
@@ -378,9 +380,10 @@ fn upload(
 
 /// Sends `DELETE /admin/v1/models/{id}` to a running node.
 fn remove_remote(id: &str, node: &str, token: &str) -> anyhow::Result<()> {
+    let client = AdminClient::new(node, Some(token), "models", &["models"])?;
     let response = reqwest::blocking::Client::new()
-        .delete(admin_model_url(node, id)?)
-        .bearer_auth(token)
+        .delete(model_url(&client, id))
+        .bearer_auth(client.token())
         .send()
         .context("the request to the node failed")?;
     admin_result(response)?;
@@ -388,17 +391,10 @@ fn remove_remote(id: &str, node: &str, token: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Returns the admin API URL of model `id` on `node`. The `/` of a namespaced id such as
+/// Returns the admin API URL of model `id`. The `/` of a namespaced id such as
 /// `@custom/home-value` stays a path separator, because the node's route expects one.
-fn admin_model_url(node: &str, id: &str) -> anyhow::Result<reqwest::Url> {
-    let mut url =
-        reqwest::Url::parse(node).with_context(|| format!("invalid --node URL {node:?}"))?;
-    url.path_segments_mut()
-        .map_err(|()| anyhow::anyhow!("invalid --node URL {node:?}"))?
-        .pop_if_empty()
-        .extend(["admin", "v1", "models"])
-        .extend(id.split('/'));
-    Ok(url)
+fn model_url(client: &AdminClient, id: &str) -> reqwest::Url {
+    client.url(&id.split('/').collect::<Vec<_>>())
 }
 
 /// Returns the JSON body of a successful admin API response, or an error with the node's
@@ -407,10 +403,7 @@ fn admin_result(response: reqwest::blocking::Response) -> anyhow::Result<serde_j
     let status = response.status();
     let answer: serde_json::Value = response.json().unwrap_or_default();
     if !status.is_success() {
-        let message = answer["errors"][0]["message"]
-            .as_str()
-            .unwrap_or("no error message");
-        anyhow::bail!("the node returned {status}: {message}");
+        return Err(crate::admin_client::failure(status, &answer));
     }
     Ok(answer)
 }
