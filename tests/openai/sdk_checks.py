@@ -93,10 +93,12 @@ def check_json_mode():
         model=CHAT_MODEL,
         messages=[{"role": "user", "content": "Give a JSON object describing a cat."}],
         response_format={"type": "json_object"},
-        max_tokens=200,
+        # Enough room for the object to close: a reply cut at max_tokens is not valid JSON.
+        max_tokens=600,
         seed=3,
     )
     content = reply.choices[0].message.content
+    assert reply.choices[0].finish_reason == "stop", (reply.choices[0].finish_reason, content)
     assert isinstance(json.loads(content), dict), content
 
     schema = {
