@@ -58,7 +58,8 @@ impl WorkerSlot {
     }
 }
 
-/// How worker requests become HTTP responses, for `kiln dev` and for deployed workers.
+/// Settings that turn worker requests into HTTP responses, for `kiln dev` and for deployed
+/// workers.
 pub struct WorkerHttp {
     /// Maximum request body, in bytes.
     pub max_body_bytes: usize,

@@ -182,7 +182,7 @@ pub(crate) fn worker_starter(
     })
 }
 
-/// Opens the node's deployed workers; [`Deployments::start_all`] then starts them.
+/// Opens the node's deployed workers. [`Deployments::start_all`] then starts them.
 fn open_deployments(
     config: &NodeConfig,
     data_dir: &Path,
