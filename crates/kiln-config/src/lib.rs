@@ -194,17 +194,17 @@ impl Default for WorkerSettings {
     }
 }
 
-/// Where deployed workers answer, and how their secrets are kept.
+/// Settings of deployed workers: their hosts and the key of their secrets.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeploySettings {
-    /// A deployed worker `NAME` answers on the host `NAME.<domain>`.
+    /// A deployed worker `NAME` serves the host `NAME.<domain>`.
     pub domain: String,
     /// Hosts, besides IP addresses and `domain` itself, on which the node serves its own API
     /// (`/ai/run`, `/v1/…`, `/admin/v1/…`). A request for any other host that no worker route
     /// matches gets 404.
     pub api_hosts: Vec<String>,
-    /// File that holds the key that encrypts worker secrets: 64 hex digits (32 bytes). Default:
+    /// File that contains the key that encrypts worker secrets: 64 hex digits (32 bytes). Default:
     /// the `KILN_SECRETS_KEY` environment variable, in the same form.
     pub secrets_key_file: Option<PathBuf>,
 }

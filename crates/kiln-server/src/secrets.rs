@@ -201,7 +201,7 @@ mod tests {
     }
 
     #[test]
-    fn values_are_sealed_on_disk_and_open_with_the_key() {
+    fn sealed_values_open_with_key() {
         let dir = tempfile::tempdir().unwrap();
         let secrets = store(dir.path(), KEY);
         secrets.put("api", "TOKEN", "hunter2-value").unwrap();
@@ -217,7 +217,7 @@ mod tests {
     }
 
     #[test]
-    fn another_key_or_a_moved_value_does_not_open() {
+    fn other_key_or_moved_value_fails() {
         let dir = tempfile::tempdir().unwrap();
         store(dir.path(), KEY).put("api", "TOKEN", "v").unwrap();
         let other = store(dir.path(), &"ab".repeat(32));
@@ -236,7 +236,7 @@ mod tests {
     }
 
     #[test]
-    fn no_key_and_bad_key_are_explained() {
+    fn missing_or_bad_key_explained() {
         let dir = tempfile::tempdir().unwrap();
         let key_file = dir.path().join("bad");
         std::fs::write(&key_file, "xyz").unwrap();

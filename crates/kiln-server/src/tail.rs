@@ -208,10 +208,10 @@ impl TailHub {
         .into();
         let ok = request.outcome == "ok";
         for subscriber in subscribers.iter_mut() {
-            let wanted = subscriber.filter.ok.is_none_or(|want_ok| want_ok == ok)
+            let selected = subscriber.filter.ok.is_none_or(|want_ok| want_ok == ok)
                 && (subscriber.filter.sample >= 1.0
                     || rand::random::<f64>() < subscriber.filter.sample);
-            if !wanted {
+            if !selected {
                 continue;
             }
             if subscriber.dropped > 0 {

@@ -345,8 +345,8 @@ async fn list_local(
 }
 
 async fn open(target: Target) -> anyhow::Result<Store> {
-    if let Some(node) = target.node {
-        let remote = Remote::new(&node, target.token.as_deref(), "kv", &["kv"])?;
+    if let Some(node) = target.remote.node {
+        let remote = Remote::new(&node, target.remote.token.as_deref(), "kv", &["kv"])?;
         return Ok(Store::Remote(remote));
     }
     let config = target.paths.load_config()?;

@@ -87,13 +87,12 @@ enum BenchCommand {
     Generate(bench::BenchArgs),
 }
 
-/// Options of the commands that work on a running node through its admin API (`--node` and
-/// `--token`) or on a stopped node's data folder.
+/// `--node` and `--token`: a running node and a token of its admin API.
 #[derive(clap::Args)]
-pub struct NodeTarget {
+pub struct NodeOptions {
     /// URL of a running node, e.g. http://127.0.0.1:8787.
     #[arg(long, env = "KILN_NODE", value_name = "URL")]
-    node: Option<String>,
+    pub node: Option<String>,
     /// Admin API token of the node, with the scope the command needs (from `kiln tokens create`).
     #[arg(
         long,
@@ -102,7 +101,15 @@ pub struct NodeTarget {
         requires = "node",
         hide_env_values = true
     )]
-    token: Option<String>,
+    pub token: Option<String>,
+}
+
+/// Options of the commands that work on a running node through its admin API (`--node` and
+/// `--token`) or on a stopped node's data folder.
+#[derive(clap::Args)]
+pub struct NodeTarget {
+    #[command(flatten)]
+    remote: NodeOptions,
     /// Data folder of a stopped node. Default: KILN_DATA_DIR, else the config's data_dir, else
     /// $KILN_HOME/data.
     #[arg(long, value_name = "DIR", conflicts_with = "node")]

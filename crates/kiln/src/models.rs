@@ -9,7 +9,7 @@ use kiln_models::hub::{self, HubOptions};
 use kiln_models::{ImportOptions, Manifest, ModelStore, Task};
 
 use crate::admin_client::AdminClient;
-use crate::NodePaths;
+use crate::{NodeOptions, NodePaths};
 
 #[derive(Subcommand)]
 pub enum ModelsCommand {
@@ -120,18 +120,10 @@ pub enum ModelsCommand {
         paths: NodePaths,
         /// Id of the installed model, as `kiln models list` shows it.
         id: String,
-        /// URL of a running node, e.g. http://127.0.0.1:8787.
-        #[arg(long, env = "KILN_NODE", value_name = "URL")]
-        node: Option<String>,
-        /// Admin API token of the node with scope models (needs --node).
-        #[arg(
-            long,
-            env = "KILN_TOKEN",
-            value_name = "TOKEN",
-            requires = "node",
-            hide_env_values = true
-        )]
-        token: Option<String>,
+        /// The node to remove it from, with a token of scope models; without --node, the
+        /// local models folder.
+        #[command(flatten)]
+        remote: NodeOptions,
     },
 }
 
@@ -214,8 +206,11 @@ pub fn run(command: ModelsCommand) -> anyhow::Result<()> {
         }
         ModelsCommand::Remove {
             id,
-            node: Some(node),
-            token,
+            remote:
+                NodeOptions {
+                    node: Some(node),
+                    token,
+                },
             ..
         } => {
             let Some(token) = token else {
@@ -229,8 +224,7 @@ pub fn run(command: ModelsCommand) -> anyhow::Result<()> {
         ModelsCommand::Remove {
             paths,
             id,
-            node: None,
-            ..
+            remote: NodeOptions { node: None, .. },
         } => {
             open_store(&paths)?.remove(&id)?;
             println!("removed {id}");

@@ -35,9 +35,9 @@ pub fn run(args: UsageArgs) -> anyhow::Result<()> {
         model: args.model.clone(),
         since: args.since,
     };
-    let report = match &args.target.node {
+    let report = match &args.target.remote.node {
         Some(node) => {
-            let client = AdminClient::new(node, args.target.token.as_deref(), "read", &[])?;
+            let client = AdminClient::new(node, args.target.remote.token.as_deref(), "read", &[])?;
             let since = args.since.map(|since| format!("{}s", since.as_secs()));
             crate::serve::async_runtime()?.block_on(fetch(&client, &filter, since))?
         }
