@@ -40,7 +40,7 @@ pub struct WorkerConfig {
     /// `route`: one route of a deployed worker.
     #[serde(default)]
     pub route: Option<RouteConfig>,
-    /// `routes`: the hosts and paths on which a deployed worker answers, besides
+    /// `routes`: the hosts and paths that a deployed worker serves, besides
     /// `NAME.<node domain>`.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,

@@ -35,6 +35,9 @@ use crate::worker::{InferenceAi, WorkerHttp};
 /// Folder of deployed workers under the data folder.
 pub const WORKERS_DIR: &str = "workers";
 
+/// File in a worker's folder with the number of its version in service.
+const ACTIVE_FILE: &str = "active";
+
 /// Maximum number of files in one bundle.
 const MAX_BUNDLE_FILES: usize = 10_000;
 
@@ -399,16 +402,11 @@ impl Deployments {
         };
         let stored = serde_json::to_vec_pretty(&info)
             .map_err(|error| AdminError::new(500, error.to_string()))?;
-        write_atomically(&dir.join("version.json"), &stored)
-            .and_then(|()| {
-                write_atomically(
-                    &self.worker_dir(name).join("active"),
-                    version.to_string().as_bytes(),
-                )
-            })
-            .map_err(|error| {
-                AdminError::new(500, format!("failed to record the version: {error}"))
-            })?;
+        write_atomically(&dir.join("version.json"), &stored).map_err(|error| {
+            tracing::error!(worker = %name, version, error = %error, "failed to record a version");
+            AdminError::new(500, format!("failed to record the version: {error}"))
+        })?;
+        self.record_active(name, version)?;
         let previous = self.active_version(name);
         self.install(active);
         tracing::info!(worker = %name, version, previous, files, "worker deployed");
@@ -443,17 +441,24 @@ impl Deployments {
                     )
                 })?,
         };
+
         let mut info = target.clone();
         let active = self.start_version(name, info.version).await?;
-        write_atomically(
-            &self.worker_dir(name).join("active"),
-            info.version.to_string().as_bytes(),
-        )
-        .map_err(|error| AdminError::new(500, format!("failed to record the rollback: {error}")))?;
+        self.record_active(name, info.version)?;
         self.install(active);
         info.active = true;
         tracing::info!(worker = %name, version = info.version, previous = current, "worker rolled back");
         Ok(info)
+    }
+
+    /// Writes the number of the version in service to `workers/NAME/active`, read back by
+    /// [`read_active`] when the node starts.
+    fn record_active(&self, name: &str, version: u64) -> Result<(), AdminError> {
+        let path = self.worker_dir(name).join(ACTIVE_FILE);
+        write_atomically(&path, version.to_string().as_bytes()).map_err(|error| {
+            tracing::error!(worker = %name, version, error = %error, "failed to record the version in service");
+            AdminError::new(500, format!("failed to record the version in service: {error}"))
+        })
     }
 
     /// Lists a worker's stored versions, oldest first. 404 when the worker was never deployed.
@@ -769,7 +774,7 @@ fn next_version(versions: &Path) -> u64 {
 }
 
 fn read_active(worker_dir: &Path) -> Option<u64> {
-    std::fs::read_to_string(worker_dir.join("active"))
+    std::fs::read_to_string(worker_dir.join(ACTIVE_FILE))
         .ok()?
         .trim()
         .parse()

@@ -86,7 +86,7 @@ fn check_worker_name(name: &str) -> Result<(), AdminError> {
     }
 }
 
-/// Refuses secret names that cannot be a property of `env` as written in code.
+/// Rejects secret names that cannot be a property of `env` as written in code.
 fn check_secret_name(name: &str) -> Result<(), AdminError> {
     let mut chars = name.chars();
     let valid = name.len() <= 128
