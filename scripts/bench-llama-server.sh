@@ -12,7 +12,7 @@
 #
 # Environment: KILN_BIN (default target/release/kiln), KILN_MODELS_DIR (the models folder),
 # LLAMA_VENV (default .bench/llama-v3), THREADS (2), CONTEXT_TOKENS (per sequence, 1024),
-# BATCH_TOKENS (512), MAX_TOKENS (64), REQUESTS (requests per stream, 2), STREAMS ("1 4 8 16"),
+# BATCH_TOKENS (512), MAX_TOKENS (64), REQUESTS (requests per stream, 4), STREAMS ("1 4 8 16"),
 # PYTHON (python3).
 set -euo pipefail
 
@@ -23,7 +23,7 @@ threads=${THREADS:-2}
 context_tokens=${CONTEXT_TOKENS:-1024}
 batch_tokens=${BATCH_TOKENS:-512}
 max_tokens=${MAX_TOKENS:-64}
-requests=${REQUESTS:-2}
+requests=${REQUESTS:-4}
 streams_list=${STREAMS:-"1 4 8 16"}
 python=${PYTHON:-python3}
 model=smollm2-135m-instruct

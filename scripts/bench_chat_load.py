@@ -2,7 +2,8 @@
 """Load client for OpenAI-compatible chat servers, used by scripts/bench-llama-server.sh.
 
 Runs `--streams` client threads against `POST /v1/chat/completions` with `stream: true`. Each
-thread sends `--requests` requests one after another, taking prompts from a fixed list in turn.
+thread sends `--requests` requests one after another, taking questions from a fixed list in turn
+and numbering them.
 Prints one JSON line: aggregate completion tokens per second over the whole run, and time to
 first token (TTFT) percentiles. Uses only the standard library.
 """
@@ -115,7 +116,10 @@ def main():
 
     def worker(thread_index):
         for round_index in range(args.requests):
-            question = QUESTIONS[(thread_index + round_index * args.streams) % len(QUESTIONS)]
+            number = thread_index + round_index * args.streams
+            # The number keeps every request's prompt distinct, so that no server can answer
+            # from a cached copy of a whole earlier prompt; only the system prompt is shared.
+            question = f"Question {number}: {QUESTIONS[number % len(QUESTIONS)]}"
             try:
                 result = run_request(args.url, args.model, question, args.max_tokens, args.seed)
             except Exception as error:  # reported after the run, with the others

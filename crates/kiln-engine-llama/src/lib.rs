@@ -39,6 +39,10 @@ pub struct EngineOptions {
     /// Requests that may wait for a free sequence before [`LlamaModelHandle::submit`] returns
     /// [`EngineError::QueueFull`].
     pub queue_capacity: usize,
+    /// Use llama.cpp's flash attention where the model supports it: faster decoding, but a
+    /// sequence decoded alone past 256 cached positions may round differently than beside
+    /// others (see the scheduler's module docs).
+    pub flash_attention: bool,
 }
 
 impl Default for EngineOptions {
@@ -49,6 +53,7 @@ impl Default for EngineOptions {
             parallel_sequences: 4,
             batch_tokens: 512,
             queue_capacity: 64,
+            flash_attention: true,
         }
     }
 }

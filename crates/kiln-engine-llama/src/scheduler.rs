@@ -1,10 +1,9 @@
 //! The generation thread of one model: continuous batching over a fixed set of sequence slots.
 //!
-//! Each loop step first admits queued requests into free slots. It then builds one llama.cpp
-//! batch from the next token of every decoding sequence plus a chunk of pending prompt tokens,
-//! decodes it, and samples one token for each sequence whose logits were computed. A request
-//! therefore joins between two decode steps as soon as a slot is free, instead of waiting for
-//! the running requests to finish.
+//! Each loop step first admits queued requests into free slots. It then decodes the next token
+//! of every decoding sequence in one llama.cpp batch, samples them, and prefills pending prompt
+//! chunks in further batches. A request therefore joins between two decode steps as soon as a
+//! slot is free, instead of waiting for the running requests to finish.
 //!
 //! A finished sequence leaves its KV cache in its slot. A new request takes the free slot whose
 //! cached prompt tokens share the longest prefix with its prompt, truncates that slot's cache
@@ -12,13 +11,23 @@
 //! skip most of the prefill. Each slot is its own llama.cpp sequence and KV stream (`kv_unified`
 //! is off by default), so a retained cache never takes cells from another slot.
 //!
-//! Reuse must not change the text that a seed gives. The CPU kernels of the vendored llama.cpp
-//! (llama-cpp-sys-2 0.1.161) round differently when a sequence has one token in a ubatch than
-//! when it has several: the attention matrix products go through llamafile's tinyBLAS only for
-//! two or more tokens. A full prefill decodes every prompt token with several tokens per ubatch,
-//! so only tokens decoded that way are offered for reuse, and at least the last two prompt
-//! tokens are always decoded again. Generated tokens, decoded one per step, are not reused.
+//! Neither batching nor reuse may change the text that a seed gives. The CPU kernels of the
+//! vendored llama.cpp (llama-cpp-sys-2 0.1.161) round differently by how many tokens of a
+//! sequence one ubatch contains (see [`Kernel`]), so the scheduler keeps that count the same as
+//! in a prompt prefilled alone:
+//! - a prompt is prefilled in chunks of `batch_tokens` from its start (or from a reused prefix
+//!   that ends on such a boundary), each chunk in a batch of chunks of the same length, so
+//!   llama.cpp never splits a chunk across ubatches;
+//! - a reused prefix counts only tokens decoded with the kernel that a full prefill of the new
+//!   prompt would use, and it stops early enough that the rest is decoded with the same kernel
+//!   as the last chunk of a full prefill ([`reusable_prefix`]).
+//!
+//! One case stays inexact with flash attention on: a sequence that decodes alone with more than
+//! 256 positions in its cache goes through llama.cpp's split-KV flash attention kernel, and
+//! beside other sequences through the per-row one. `llama.flash_attention = false` avoids it at
+//! the cost of slower decoding.
 
+use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -40,18 +49,55 @@ use crate::{
 /// Tokens of recent history that the repetition, frequency and presence penalties look at.
 const PENALTY_WINDOW_TOKENS: i32 = 64;
 
-/// Prompt tokens decoded again after a reused prefix: the last one for its logits, and enough
-/// with it that the ubatch has more than one token of the sequence (see the module docs).
-const MIN_DECODED_PROMPT_TOKENS: usize = 2;
-
-/// llama.cpp's `LLAMA_FLASH_ATTN_TYPE_DISABLED`. In the vendored llama.cpp (llama-cpp-sys-2
-/// 0.1.161), the CPU flash attention kernel runs a tiled variant for 64 or more query tokens of
-/// a sequence in one ubatch and a per-row variant below that, and the two round differently. A
-/// prompt whose prefix came from the cache would then get other logits than the same prompt
-/// prefilled at once, and the same seed would give other text. Plain attention gives the same
-/// text both ways (checked by the `shared_system_prompt_reuses_cache` end-to-end test) as long
-/// as the reused tokens follow the rules in the module docs.
+/// llama.cpp's flash attention policies (`LLAMA_FLASH_ATTN_TYPE_*`): `auto` turns it on where
+/// the backend supports the model's attention.
+const FLASH_ATTENTION_AUTO: i32 = -1;
 const FLASH_ATTENTION_DISABLED: i32 = 0;
+
+/// Query rows of one sequence in a ubatch from which the CPU flash attention kernel takes its
+/// tiled variant (`GGML_FA_TILE_Q` in the vendored ggml).
+const FLASH_ATTENTION_TILE_ROWS: usize = 64;
+
+/// Kernel variant of llama.cpp's CPU backend for the tokens of one sequence in a ubatch, which
+/// depends on how many there are. The variants round differently, so a token's KV cache entries
+/// depend on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    /// One token: the single-row paths, and flash attention's per-row or split-KV variant
+    /// depending on the other sequences in the ubatch. Never reused.
+    Single,
+    /// 2 to 63 tokens: llamafile's tinyBLAS products and per-row flash attention.
+    Rows,
+    /// 64 or more tokens: tinyBLAS and tiled flash attention. Each row's result does not
+    /// depend on the other rows of its tile.
+    Tiled,
+}
+
+impl Kernel {
+    fn for_chunk(tokens: usize) -> Self {
+        match tokens {
+            0 | 1 => Kernel::Single,
+            n if n < FLASH_ATTENTION_TILE_ROWS => Kernel::Rows,
+            _ => Kernel::Tiled,
+        }
+    }
+
+    /// The minimum number of tokens in a chunk decoded with this kernel.
+    fn min_tokens(self) -> usize {
+        match self {
+            Kernel::Single => 1,
+            Kernel::Rows => 2,
+            Kernel::Tiled => FLASH_ATTENTION_TILE_ROWS,
+        }
+    }
+}
+
+/// A prompt token in a slot's KV cache and the kernel that decoded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CachedToken {
+    token: LlamaToken,
+    kernel: Kernel,
+}
 
 struct Sequence {
     slot: i32,
@@ -73,7 +119,7 @@ struct Sequence {
     logits_index: Option<i32>,
     /// Leading prompt tokens in this sequence's KV cache that a later prompt may reuse: the
     /// reused prefix, extended by each prompt chunk of two or more tokens that follows it.
-    reusable: Vec<LlamaToken>,
+    reusable: Vec<CachedToken>,
 }
 
 /// The KV cache of a free slot, kept until a new sequence takes the slot.
@@ -81,7 +127,7 @@ struct Sequence {
 struct RetainedCache {
     /// Leading tokens of the cache that a new prompt may reuse. The cache may hold more
     /// positions after them (generated tokens), which a new sequence removes.
-    tokens: Vec<LlamaToken>,
+    tokens: Vec<CachedToken>,
 }
 
 /// The sequence slots of one context: the running sequence of each, and what each free slot
@@ -120,11 +166,16 @@ impl Slots {
         self.retained[slot as usize] = RetainedCache::default();
     }
 
-    /// Takes the free slot that shares the longest prefix with `prompt` and truncates its KV
-    /// cache after that prefix. Returns the slot and the number of prompt tokens left in its
-    /// cache, at most `prompt.len() - MIN_DECODED_PROMPT_TOKENS`. An empty `prompt` takes the
-    /// lowest free slot and clears its cache.
-    fn claim(&mut self, context: &mut LlamaContext<'_>, prompt: &[LlamaToken]) -> (i32, usize) {
+    /// Takes the free slot that shares the longest reusable prefix with `prompt` (see
+    /// [`reusable_prefix`]) and truncates its KV cache after that prefix. Returns the slot and
+    /// the prompt tokens left in its cache. An empty `prompt` takes the lowest free slot and
+    /// clears its cache.
+    fn claim(
+        &mut self,
+        context: &mut LlamaContext<'_>,
+        prompt: &[LlamaToken],
+        batch_tokens: usize,
+    ) -> (i32, Vec<CachedToken>) {
         let free = self
             .sequences
             .iter()
@@ -132,8 +183,10 @@ impl Slots {
             .enumerate()
             .filter(|(_, (sequence, _))| sequence.is_none())
             .map(|(slot, (_, retained))| (slot, retained.tokens.as_slice()));
-        let (slot, reused) = choose_slot(free, prompt).expect("admit only runs with a free slot");
-        self.retained[slot] = RetainedCache::default();
+        let (slot, reused) =
+            choose_slot(free, prompt, batch_tokens).expect("admit only runs with a free slot");
+        let mut kept = std::mem::take(&mut self.retained[slot].tokens);
+        kept.truncate(reused);
         let slot = slot as i32;
         // A sliding-window cache may already have dropped early positions (pos_min > 0), and
         // a recurrent model's state cannot be cut at a position (seq_rm returns false). Both
@@ -144,32 +197,64 @@ impl Slots {
                 .clear_kv_cache_seq(Some(slot as u32), Some(reused as u32), None)
                 .unwrap_or(false);
         if truncated {
-            (slot, reused)
+            (slot, kept)
         } else {
             free_kv_cache(context, slot);
-            (slot, 0)
+            (slot, Vec::new())
         }
     }
 }
 
-/// Picks among free slots, given as (slot, reusable tokens), the one whose tokens share the
-/// longest prefix with `prompt`. Returns the slot and the prefix length to reuse, at most
-/// `prompt.len() - MIN_DECODED_PROMPT_TOKENS`.
+/// Picks among free slots, given as (slot, cached tokens), the one with the longest
+/// [`reusable_prefix`] for `prompt`. Returns the slot and that prefix's length.
 ///
 /// Ties go to the lowest slot. This keeps running sequences on adjacent sequence ids, which
 /// matters because llama.cpp puts only consecutive sequence ids into one ubatch when every
 /// sequence has its own KV stream: sequences 0, 1 and 3 take two forward passes per step.
-fn choose_slot<'a, T: PartialEq + 'a>(
-    free: impl Iterator<Item = (usize, &'a [T])>,
-    prompt: &[T],
+fn choose_slot<'a>(
+    free: impl Iterator<Item = (usize, &'a [CachedToken])>,
+    prompt: &[LlamaToken],
+    batch_tokens: usize,
 ) -> Option<(usize, usize)> {
-    let limit = prompt.len().saturating_sub(MIN_DECODED_PROMPT_TOKENS);
-    free.map(|(slot, cached)| (slot, common_prefix_len(cached, prompt).min(limit)))
+    free.map(|(slot, cached)| (slot, reusable_prefix(cached, prompt, batch_tokens)))
         .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
 }
 
-fn common_prefix_len<T: PartialEq>(a: &[T], b: &[T]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+/// Returns how many leading tokens of `prompt` can come from `cached` so that the prompt's KV
+/// cache and logits come out exactly as in a full prefill in chunks of `batch_tokens`.
+///
+/// Each reused token must have been decoded with the kernel that the full prefill would use
+/// at its position. The rest of the prompt is then prefilled in chunks from the end of the
+/// reused prefix. So the prefix ends on a chunk boundary of the full prefill, or inside its last
+/// chunk early enough that the rest is one chunk with that chunk's kernel. At least one token is
+/// always decoded, for the logits.
+fn reusable_prefix(cached: &[CachedToken], prompt: &[LlamaToken], batch_tokens: usize) -> usize {
+    let batch_tokens = batch_tokens.max(1);
+    let Some(last_start) = prompt
+        .len()
+        .checked_sub(1)
+        .map(|last| last / batch_tokens * batch_tokens)
+    else {
+        return 0;
+    };
+    let full_prefill_kernel = |position: usize| {
+        let start = position / batch_tokens * batch_tokens;
+        Kernel::for_chunk((start + batch_tokens).min(prompt.len()) - start)
+    };
+    let matching = cached
+        .iter()
+        .zip(prompt)
+        .enumerate()
+        .take_while(|(position, (cached, token))| {
+            cached.token == **token && cached.kernel == full_prefill_kernel(*position)
+        })
+        .count();
+    if matching >= last_start {
+        let last_kernel = Kernel::for_chunk(prompt.len() - last_start);
+        matching.min(prompt.len() - last_kernel.min_tokens())
+    } else {
+        matching / batch_tokens * batch_tokens
+    }
 }
 
 impl Sequence {
@@ -189,14 +274,21 @@ pub(crate) fn run(
 ) {
     let threads = options.threads.max(1) as i32;
     let parallel = options.parallel_sequences.max(1);
+    // A batch contains prompt chunks of up to `batch_tokens` in all, or one token per sequence.
+    let batch_capacity = options.batch_tokens.max(parallel);
+    let flash_attention = if options.flash_attention {
+        FLASH_ATTENTION_AUTO
+    } else {
+        FLASH_ATTENTION_DISABLED
+    };
     let params = LlamaContextParams::default()
         .with_n_ctx(context_size(options))
-        .with_n_batch(options.batch_tokens)
+        .with_n_batch(batch_capacity)
         .with_n_ubatch(options.batch_tokens)
         .with_n_seq_max(parallel)
         .with_n_threads(threads)
         .with_n_threads_batch(threads)
-        .with_flash_attention_policy(FLASH_ATTENTION_DISABLED);
+        .with_flash_attention_policy(flash_attention);
     let mut context = match model.new_context(backend, params) {
         Ok(context) => context,
         Err(err) => {
@@ -209,7 +301,7 @@ pub(crate) fn run(
     let _ = ready.send(Ok(()));
 
     let mut slots = Slots::new(parallel as usize);
-    let mut batch = LlamaBatch::new(options.batch_tokens as usize, parallel as i32);
+    let mut batch = LlamaBatch::new(batch_capacity as usize, parallel as i32);
     loop {
         if !admit(&requests, &mut slots, &mut context, model, options) {
             tracing::debug!("llama model thread stopping: queue closed");
@@ -297,7 +389,8 @@ fn start_sequence(
     } else {
         &[]
     };
-    let (slot, reused) = slots.claim(context, shareable);
+    let (slot, reusable) = slots.claim(context, shareable, options.batch_tokens as usize);
+    let reused = reusable.len();
     tracing::debug!(
         slot,
         prompt_tokens,
@@ -311,7 +404,7 @@ fn start_sequence(
     Some(Sequence {
         slot,
         events: request.events,
-        reusable: prompt[..reused].to_vec(),
+        reusable,
         prompt,
         prefilled: reused,
         position: reused as i32,
@@ -393,7 +486,8 @@ fn free_kv_cache(context: &mut LlamaContext<'_>, slot: i32) {
     }
 }
 
-/// Decodes one batch and samples the next token of every sequence that has logits in it.
+/// Runs one step: the planned batches (see [`plan_step`]) one after another, each decoded and
+/// then sampled for every sequence that has logits in it.
 fn step(
     context: &mut LlamaContext<'_>,
     batch: &mut LlamaBatch,
@@ -401,16 +495,27 @@ fn step(
     model: &LlamaModel,
     options: &EngineOptions,
 ) {
-    if let Err(err) = fill_batch(batch, &mut slots.sequences, options.batch_tokens as usize) {
-        fail_all(context, slots, EngineError::Decode(err));
-        return;
+    for work in plan_step(&slots.sequences, options.batch_tokens as usize) {
+        if let Err(err) = fill_batch(batch, &mut slots.sequences, &work) {
+            fail_all(context, slots, EngineError::Decode(err));
+            return;
+        }
+        if let Err(err) = context.decode(batch) {
+            tracing::error!(error = %err, "llama.cpp decode failed; failing the batch's requests");
+            fail_all(context, slots, EngineError::Decode(err.to_string()));
+            return;
+        }
+        sample(context, slots, model, options);
     }
-    if let Err(err) = context.decode(batch) {
-        tracing::error!(error = %err, "llama.cpp decode failed; failing the batch's requests");
-        fail_all(context, slots, EngineError::Decode(err.to_string()));
-        return;
-    }
+}
 
+/// Samples the next token of every sequence whose logits the last batch computed.
+fn sample(
+    context: &mut LlamaContext<'_>,
+    slots: &mut Slots,
+    model: &LlamaModel,
+    options: &EngineOptions,
+) {
     for index in 0..slots.sequences.len() {
         let Some(sequence) = slots.sequences[index].as_mut() else {
             continue;
@@ -428,32 +533,71 @@ fn step(
     }
 }
 
-/// Adds the next token of each decoding sequence, then prompt chunks up to `capacity` tokens.
+/// The tokens of one sequence in one batch: its next token, or a chunk of its prompt.
+type Work = (usize, usize);
+
+/// Splits a step into batches of (sequence index, tokens). The first contains the next token of
+/// every decoding sequence and any prompt chunk of one token; then comes one batch per prompt
+/// chunk length. A chunk is `batch_tokens` tokens, or what is left of its prompt. The first
+/// pending prompt always gets a chunk, the others while the step's prompt tokens stay within
+/// `batch_tokens`.
+///
+/// Batching chunks by length makes llama.cpp keep each chunk whole in one ubatch (it gives
+/// every sequence of a ubatch the same number of tokens), so each token is decoded with the
+/// kernel it gets when its prompt runs alone.
+fn plan_step(sequences: &[Option<Sequence>], batch_tokens: usize) -> Vec<Vec<Work>> {
+    let mut single = Vec::new();
+    let mut chunks: BTreeMap<usize, Vec<Work>> = BTreeMap::new();
+    let mut prompt_tokens = 0;
+    for (index, sequence) in sequences.iter().enumerate() {
+        let Some(sequence) = sequence else {
+            continue;
+        };
+        if sequence.next_token.is_some() {
+            single.push((index, 1));
+            continue;
+        }
+        let remaining = sequence.prompt.len() - sequence.prefilled;
+        let chunk = remaining.min(batch_tokens.max(1));
+        if chunk == 0 || (prompt_tokens > 0 && prompt_tokens + chunk > batch_tokens) {
+            continue;
+        }
+        prompt_tokens += chunk;
+        if chunk == 1 {
+            single.push((index, 1));
+        } else {
+            chunks.entry(chunk).or_default().push((index, chunk));
+        }
+    }
+    std::iter::once(single)
+        .filter(|work| !work.is_empty())
+        .chain(chunks.into_values())
+        .collect()
+}
+
+/// Puts the planned tokens into `batch`.
 fn fill_batch(
     batch: &mut LlamaBatch,
-    slots: &mut [Option<Sequence>],
-    capacity: usize,
+    sequences: &mut [Option<Sequence>],
+    work: &[Work],
 ) -> Result<(), String> {
     batch.clear();
-    let mut used = 0usize;
-    for sequence in slots.iter_mut().flatten() {
+    let mut used = 0i32;
+    for &(index, tokens) in work {
+        let sequence = sequences[index]
+            .as_mut()
+            .expect("the plan names running sequences");
         if let Some(token) = sequence.next_token.take() {
             batch
                 .add(token, sequence.position, &[sequence.slot], true)
                 .map_err(|err| err.to_string())?;
-            sequence.logits_index = Some(used as i32);
+            sequence.logits_index = Some(used);
             sequence.position += 1;
             used += 1;
-        }
-    }
-    for sequence in slots.iter_mut().flatten() {
-        let remaining = sequence.prompt.len() - sequence.prefilled;
-        if remaining == 0 || used >= capacity {
             continue;
         }
-        let chunk = remaining.min(capacity - used);
-        for offset in 0..chunk {
-            let index = sequence.prefilled + offset;
+        let start = sequence.prefilled;
+        for index in start..start + tokens {
             let last = index + 1 == sequence.prompt.len();
             batch
                 .add(
@@ -464,22 +608,21 @@ fn fill_batch(
                 )
                 .map_err(|err| err.to_string())?;
             if last {
-                sequence.logits_index = Some(used as i32);
+                sequence.logits_index = Some(used);
             }
             sequence.position += 1;
             used += 1;
         }
-        // NOTE: with other sequences in the batch, llama.cpp splits it into ubatches with equal
-        // token counts per sequence, so the chunk's first token may sit alone in its ubatch and
-        // round differently from a full prefill. Reuse is exact only when requests run one at
-        // a time.
-        let start = sequence.prefilled;
-        if chunk >= MIN_DECODED_PROMPT_TOKENS && sequence.reusable.len() == start {
+        // One-token chunks decode like generated tokens, whose kernel depends on the company
+        // in the ubatch, so reuse stops before them.
+        let kernel = Kernel::for_chunk(tokens);
+        if kernel != Kernel::Single && sequence.reusable.len() == start {
+            let chunk = &sequence.prompt[start..start + tokens];
             sequence
                 .reusable
-                .extend_from_slice(&sequence.prompt[start..start + chunk]);
+                .extend(chunk.iter().map(|&token| CachedToken { token, kernel }));
         }
-        sequence.prefilled += chunk;
+        sequence.prefilled += tokens;
     }
     Ok(())
 }
@@ -548,53 +691,80 @@ fn fail_all(context: &mut LlamaContext<'_>, slots: &mut Slots, error: EngineErro
 
 #[cfg(test)]
 mod tests {
-    use super::choose_slot;
+    use super::{choose_slot, reusable_prefix, CachedToken, Kernel, LlamaToken};
 
-    #[test]
-    fn choose_slot_takes_longest_prefix() {
-        let prompt = [1, 2, 3, 4, 5, 6];
-        let system_only = [1, 2, 3, 9, 9, 9];
-        let other = [1, 7];
-        let free = [(0, &other[..]), (2, &system_only[..]), (3, &[][..])];
-        assert_eq!(choose_slot(free.into_iter(), &prompt), Some((2, 3)));
+    fn tokens(ids: impl IntoIterator<Item = i32>) -> Vec<LlamaToken> {
+        ids.into_iter().map(LlamaToken::new).collect()
+    }
+
+    fn cached(ids: impl IntoIterator<Item = i32>, kernel: Kernel) -> Vec<CachedToken> {
+        tokens(ids)
+            .into_iter()
+            .map(|token| CachedToken { token, kernel })
+            .collect()
     }
 
     #[test]
-    fn choose_slot_keeps_last_two_prompt_tokens() {
-        let prompt = [1, 2, 3, 4];
-        let longer = [1, 2, 3, 4, 5];
-        let same = [1, 2, 3, 4];
-        let one_short = [1, 2, 3];
-        for cached in [&longer[..], &same[..], &one_short[..]] {
-            let free = [(1, cached)];
-            assert_eq!(choose_slot(free.into_iter(), &prompt), Some((1, 2)));
-        }
+    fn choose_slot_takes_longest_prefix() {
+        let prompt = tokens([1, 2, 3, 4, 5, 6]);
+        let system_only = cached([1, 2, 3, 9, 9, 9], Kernel::Rows);
+        let other = cached([1, 7], Kernel::Rows);
+        let free = [(0, &other[..]), (2, &system_only[..]), (3, &[][..])];
+        assert_eq!(choose_slot(free.into_iter(), &prompt, 512), Some((2, 3)));
     }
 
     #[test]
     fn choose_slot_ties_go_to_lowest_slot() {
-        let prompt = [5, 6, 7];
-        let a = [1, 2];
-        let b = [3];
+        let prompt = tokens([5, 6, 7]);
+        let a = cached([1, 2], Kernel::Rows);
+        let b = cached([3], Kernel::Rows);
         let free = [(1, &a[..]), (2, &b[..]), (3, &[][..])];
-        assert_eq!(choose_slot(free.into_iter(), &prompt), Some((1, 0)));
-        let shared = [5, 6, 9];
+        assert_eq!(choose_slot(free.into_iter(), &prompt, 512), Some((1, 0)));
+        let shared = cached([5, 6, 9], Kernel::Rows);
         let free = [(0, &a[..]), (2, &shared[..]), (3, &shared[..])];
-        assert_eq!(choose_slot(free.into_iter(), &prompt), Some((2, 1)));
+        assert_eq!(choose_slot(free.into_iter(), &prompt, 512), Some((2, 1)));
     }
 
     #[test]
     fn choose_slot_without_free_slot() {
-        let free: [(usize, &[i32]); 0] = [];
-        assert_eq!(choose_slot(free.into_iter(), &[1, 2]), None);
+        let free: [(usize, &[CachedToken]); 0] = [];
+        assert_eq!(choose_slot(free.into_iter(), &tokens([1, 2]), 512), None);
     }
 
     #[test]
-    fn choose_slot_short_prompt_reuses_nothing() {
-        let cached = [1, 2, 3];
-        for prompt in [&[1][..], &[1, 2][..], &[][..]] {
-            let free = [(0, &cached[..])];
-            assert_eq!(choose_slot(free.into_iter(), prompt), Some((0, 0)));
+    fn short_prompts_decode_their_last_two_tokens() {
+        let cache = cached([1, 2, 3, 4, 5], Kernel::Rows);
+        assert_eq!(reusable_prefix(&cache, &tokens([1, 2, 3, 4]), 512), 2);
+        for prompt in [tokens([1]), tokens([1, 2]), tokens([])] {
+            assert_eq!(reusable_prefix(&cache, &prompt, 512), 0, "{prompt:?}");
         }
+    }
+
+    #[test]
+    fn tiled_prompts_decode_full_tile() {
+        let cache = cached(0..100, Kernel::Tiled);
+        // Alone, 100 tokens take the tiled kernel, so at least 64 are decoded again.
+        assert_eq!(reusable_prefix(&cache, &tokens(0..100), 512), 36);
+        // A 40-token prompt is decoded by rows alone; tiled entries do not match that.
+        assert_eq!(reusable_prefix(&cache, &tokens(0..40), 512), 0);
+        let rows = cached(0..40, Kernel::Rows);
+        assert_eq!(reusable_prefix(&rows, &tokens(0..100), 512), 0);
+    }
+
+    #[test]
+    fn reuse_ends_on_chunk_boundary() {
+        // Batches of 8: a 20-token prompt is prefilled as 8 + 8 + 4 tokens.
+        let prompt = tokens(0..20);
+        let cache = |len| cached(0..len, Kernel::Rows);
+        assert_eq!(reusable_prefix(&cache(13), &prompt, 8), 8);
+        assert_eq!(reusable_prefix(&cache(16), &prompt, 8), 16);
+        assert_eq!(reusable_prefix(&cache(17), &prompt, 8), 17);
+        assert_eq!(reusable_prefix(&cache(20), &prompt, 8), 18);
+        // 8 + 8 + 1: the last token is decoded alone, as in a full prefill.
+        assert_eq!(reusable_prefix(&cache(17), &tokens(0..17), 8), 16);
+        // A cached token decoded by another kernel ends the match.
+        let mut mixed = cache(20);
+        mixed[5].kernel = Kernel::Single;
+        assert_eq!(reusable_prefix(&mixed, &prompt, 8), 0);
     }
 }

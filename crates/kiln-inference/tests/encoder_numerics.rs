@@ -30,6 +30,7 @@ fn service() -> InferenceService {
                 parallel_sequences: 1,
                 batch_tokens: 512,
                 queue_capacity: 4,
+                ..Default::default()
             },
             max_generated_tokens: 64,
             onnx: OnnxEngineOptions {

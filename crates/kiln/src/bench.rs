@@ -64,6 +64,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         parallel_sequences: 1,
         batch_tokens: args.prompt_tokens.max(32),
         queue_capacity: 1,
+        ..EngineOptions::default()
     };
     let model = LlamaModelHandle::load(&path, options)?;
     let long_prompt = prompt_of_length(&model, args.prompt_tokens)?;

@@ -270,6 +270,7 @@ pub(crate) fn service_options(config: &NodeConfig) -> ServiceOptions {
             parallel_sequences: config.llama.parallel_sequences,
             batch_tokens: config.llama.batch_tokens,
             queue_capacity: config.llama.queue_capacity,
+            flash_attention: config.llama.flash_attention,
         },
         max_generated_tokens: config.limits.max_generated_tokens,
         onnx: kiln_inference::OnnxEngineOptions {

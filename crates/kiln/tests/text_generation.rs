@@ -405,7 +405,11 @@ fn shared_system_prompt_reuses_cache() {
                   holidays. Members may borrow up to twelve books, four films and two board games \
                   at a time. Books are lent for three weeks, films for one week. Late returns \
                   cost ten cents a day per item. The reading room on the second floor is a quiet \
-                  area. Answer questions briefly and politely.";
+                  area. Printing costs ten cents a page in black and white and fifty cents in \
+                  colour. Members can book the two meeting rooms on the ground floor for up to \
+                  three hours a week, and the children's corner holds a story hour every \
+                  Wednesday at four. Lost cards are replaced for two dollars. Answer questions \
+                  briefly and politely.";
     let request = |question: &str| {
         json!({
             "messages": [
@@ -430,7 +434,8 @@ fn shared_system_prompt_reuses_cache() {
     let prompt_tokens = reused_body["usage"]["prompt_tokens"]
         .as_u64()
         .expect("prompt_tokens");
-    // The system prompt alone is over 100 tokens; the user turn differs.
+    // The system prompt alone is over 170 tokens and the user turn differs. With flash
+    // attention, a prompt of 64 tokens or more decodes its last 64 again (see the scheduler).
     assert!(cached >= 100, "reused {cached} tokens: {reused_body}");
     assert!(cached < prompt_tokens, "reused {cached} of {prompt_tokens}");
 
@@ -444,4 +449,80 @@ fn shared_system_prompt_reuses_cache() {
         "same seed, with and without reuse"
     );
     assert_eq!(reused_body["usage"], fresh_body["usage"]);
+}
+
+/// Runs `inputs` on `node` all at once, the i-th starting i * 40 ms after the first so that
+/// some join while others decode, and returns the texts in input order.
+fn run_concurrently(node: &Node, inputs: &[Value]) -> Vec<String> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = inputs
+            .iter()
+            .enumerate()
+            .map(|(index, input)| {
+                scope.spawn(move || {
+                    std::thread::sleep(std::time::Duration::from_millis(40 * index as u64));
+                    let body = json_body(run(node, CHAT_MODEL, input));
+                    body["response"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("no response text: {body}"))
+                        .to_string()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().expect("request thread"))
+            .collect()
+    })
+}
+
+#[test]
+fn concurrent_chats_match_their_text_alone() {
+    // Chunks of 64 tokens: the long prompts are prefilled in several chunks, with the tiled
+    // attention kernel and without it, while the other sequences decode.
+    let config = "[llama]\nparallel_sequences = 8\nbatch_tokens = 64\n";
+    let long_context = "The harbour town keeps a ledger of every ship that docks there: its name, \
+                        its cargo, the weather on the day it arrived and the number of sailors \
+                        aboard. Last spring a schooner brought salt and cedar, a trawler brought \
+                        cod, and a small ferry brought forty passengers and a piano. ";
+    let inputs: Vec<Value> = (0..8)
+        .map(|index| {
+            let question =
+                format!("Question {index}: describe a day in this town in two sentences.");
+            let content = if index % 3 == 0 {
+                format!("{long_context}{question}")
+            } else {
+                question
+            };
+            json!({
+                "messages": [{"role": "user", "content": content}],
+                "max_tokens": 40,
+                "seed": 100 + index,
+                "temperature": 0.9
+            })
+        })
+        .collect();
+
+    let solo = Node::start(config);
+    let alone: Vec<String> = inputs
+        .iter()
+        .map(|input| {
+            let body = json_body(run(&solo, CHAT_MODEL, input));
+            body["response"]
+                .as_str()
+                .expect("response text")
+                .to_string()
+        })
+        .collect();
+    drop(solo);
+
+    let node = Node::start(config);
+    let together = run_concurrently(&node, &inputs);
+    for (index, (alone, together)) in alone.iter().zip(&together).enumerate() {
+        assert!(!alone.is_empty(), "request {index} gave no text");
+        assert_eq!(
+            alone, together,
+            "request {index}: alone, then beside 7 others"
+        );
+    }
 }
