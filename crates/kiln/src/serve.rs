@@ -68,12 +68,19 @@ pub(crate) fn run_server(
 }
 
 /// Returns the data folder after the flag, environment and config file, created if missing.
+/// A new folder is readable by its owner only (mode 700 on Unix), because it contains the KV
+/// data, the token hashes and the deployed workers.
 pub(crate) fn data_dir(flag: Option<PathBuf>, config: &NodeConfig) -> anyhow::Result<PathBuf> {
     let data_dir = match flag {
         Some(dir) => dir,
         None => config.resolved_data_dir()?,
     };
-    std::fs::create_dir_all(&data_dir)
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(&data_dir)
         .with_context(|| format!("failed to create the data folder {}", data_dir.display()))?;
     Ok(data_dir)
 }
@@ -314,5 +321,26 @@ pub(crate) async fn shutdown_signal() {
     tokio::select! {
         () = interrupt => tracing::info!("SIGINT received, shutting down"),
         () = terminate => tracing::info!("SIGTERM received, shutting down"),
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use kiln_config::NodeConfig;
+
+    #[test]
+    fn new_data_dir_is_private() {
+        let parent = tempfile::tempdir().expect("temporary folder");
+        let wanted = parent.path().join("node").join("data");
+        let created =
+            super::data_dir(Some(wanted.clone()), &NodeConfig::default()).expect("data folder");
+        assert_eq!(created, wanted);
+        let mode = std::fs::metadata(&created)
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "mode {mode:o}");
     }
 }
