@@ -333,10 +333,10 @@ mod tests {
     #[test]
     fn new_data_dir_is_private() {
         let parent = tempfile::tempdir().expect("temporary folder");
-        let wanted = parent.path().join("node").join("data");
+        let expected = parent.path().join("node").join("data");
         let created =
-            super::data_dir(Some(wanted.clone()), &NodeConfig::default()).expect("data folder");
-        assert_eq!(created, wanted);
+            super::data_dir(Some(expected.clone()), &NodeConfig::default()).expect("data folder");
+        assert_eq!(created, expected);
         let mode = std::fs::metadata(&created)
             .expect("metadata")
             .permissions()
