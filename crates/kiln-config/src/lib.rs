@@ -253,7 +253,7 @@ pub struct LlamaSettings {
     /// Requests that may wait for a free sequence; more get 429.
     pub queue_capacity: usize,
     /// llama.cpp's flash attention: faster decoding. Off, the same seed gives the same text
-    /// alone or beside other requests at any length, not only below 256 cached positions.
+    /// alone or beside other requests at any length, not only up to 256 cached positions.
     pub flash_attention: bool,
 }
 

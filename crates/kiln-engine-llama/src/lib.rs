@@ -40,8 +40,8 @@ pub struct EngineOptions {
     /// [`EngineError::QueueFull`].
     pub queue_capacity: usize,
     /// Use llama.cpp's flash attention where the model supports it: faster decoding, but a
-    /// sequence decoded alone past 256 cached positions may round differently than beside
-    /// others (see the scheduler's module docs).
+    /// sequence past 256 cached positions may round differently alone than beside others (see
+    /// the scheduler's module docs).
     pub flash_attention: bool,
 }
 

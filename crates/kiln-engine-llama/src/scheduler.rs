@@ -22,10 +22,11 @@
 //!   prompt would use, and it stops early enough that the rest is decoded with the same kernel
 //!   as the last chunk of a full prefill ([`reusable_prefix`]).
 //!
-//! One case stays inexact with flash attention on: a sequence that decodes alone with more than
-//! 256 positions in its cache goes through llama.cpp's split-KV flash attention kernel, and
-//! beside other sequences through the per-row one. `llama.flash_attention = false` avoids it at
-//! the cost of slower decoding.
+//! NOTE: with flash attention on, this holds only while a sequence has at most 256 positions in
+//! its cache. Past that, llama.cpp's CPU attention depends on the other sequences in the
+//! ubatch: a lone decoding sequence takes a split-KV kernel instead of the per-row one, and
+//! a test with a 300-token prompt still differed under load after that was avoided, for a
+//! reason not found. `llama.flash_attention = false` keeps the text exact at any length.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
@@ -82,7 +83,7 @@ impl Kernel {
         }
     }
 
-    /// The minimum number of tokens in a chunk decoded with this kernel.
+    /// Returns the minimum number of tokens in a chunk decoded with this kernel.
     fn min_tokens(self) -> usize {
         match self {
             Kernel::Single => 1,
@@ -208,16 +209,26 @@ impl Slots {
 /// Picks among free slots, given as (slot, cached tokens), the one with the longest
 /// [`reusable_prefix`] for `prompt`. Returns the slot and that prefix's length.
 ///
-/// Ties go to the lowest slot. This keeps running sequences on adjacent sequence ids, which
-/// matters because llama.cpp puts only consecutive sequence ids into one ubatch when every
-/// sequence has its own KV stream: sequences 0, 1 and 3 take two forward passes per step.
+/// Ties go to the slot with the fewest cached tokens, so a prompt that reuses nothing does not
+/// wipe out another conversation's cache while empty slots are free. Remaining ties go to the
+/// lowest slot. This keeps running sequences on adjacent sequence ids, which matters because
+/// llama.cpp puts only consecutive sequence ids into one ubatch when every sequence has its own
+/// KV stream: sequences 0, 1 and 3 take two forward passes per step.
 fn choose_slot<'a>(
     free: impl Iterator<Item = (usize, &'a [CachedToken])>,
     prompt: &[LlamaToken],
     batch_tokens: usize,
 ) -> Option<(usize, usize)> {
-    free.map(|(slot, cached)| (slot, reusable_prefix(cached, prompt, batch_tokens)))
-        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+    free.map(|(slot, cached)| {
+        let reused = reusable_prefix(cached, prompt, batch_tokens);
+        (
+            reused,
+            std::cmp::Reverse(cached.len()),
+            std::cmp::Reverse(slot),
+        )
+    })
+    .max()
+    .map(|(reused, _, std::cmp::Reverse(slot))| (slot, reused))
 }
 
 /// Returns how many leading tokens of `prompt` can come from `cached` so that the prompt's KV
@@ -714,12 +725,14 @@ mod tests {
     }
 
     #[test]
-    fn choose_slot_ties_go_to_lowest_slot() {
+    fn choose_slot_ties_keep_larger_caches() {
         let prompt = tokens([5, 6, 7]);
         let a = cached([1, 2], Kernel::Rows);
         let b = cached([3], Kernel::Rows);
         let free = [(1, &a[..]), (2, &b[..]), (3, &[][..])];
-        assert_eq!(choose_slot(free.into_iter(), &prompt, 512), Some((1, 0)));
+        assert_eq!(choose_slot(free.into_iter(), &prompt, 512), Some((3, 0)));
+        let free = [(1, &a[..]), (2, &b[..])];
+        assert_eq!(choose_slot(free.into_iter(), &prompt, 512), Some((2, 0)));
         let shared = cached([5, 6, 9], Kernel::Rows);
         let free = [(0, &a[..]), (2, &shared[..]), (3, &shared[..])];
         assert_eq!(choose_slot(free.into_iter(), &prompt, 512), Some((2, 1)));

@@ -262,18 +262,11 @@ fn concurrent_embeddings_share_forward_passes() {
 
 /// Reads `kiln_batch_forward_passes_total` of the embedding model from `GET /metrics`.
 fn forward_passes(node: &Node) -> u64 {
-    let text = node
-        .client()
-        .get(node.url("/metrics"))
-        .send()
-        .expect("metrics")
-        .text()
-        .expect("metrics text");
-    let prefix = format!("kiln_batch_forward_passes_total{{model=\"{EMBEDDING_MODEL}\"}} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no forward pass counter in:\n{text}"))
+    node.metric(
+        "kiln_batch_forward_passes_total",
+        &[("model", EMBEDDING_MODEL)],
+    )
+    .expect("the node reports forward passes") as u64
 }
 
 #[test]

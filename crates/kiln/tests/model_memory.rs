@@ -30,35 +30,16 @@ fn bundled_size(id: &str) -> u64 {
 /// Returns the value of `kiln_model_memory_bytes` for `model` on `/metrics`, `None` when the
 /// node has not reported it.
 fn memory_gauge(node: &Node, model: &str) -> Option<f64> {
-    let text = node
-        .client()
-        .get(node.url("/metrics"))
-        .send()
-        .expect("metrics request")
-        .text()
-        .expect("metrics text");
-    let prefix = format!("kiln_model_memory_bytes{{model=\"{model}\"}} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .map(|value| value.trim().parse().expect("gauge value is a number"))
+    node.metric("kiln_model_memory_bytes", &[("model", model)])
 }
 
 /// Returns the summed `kiln_model_unloads_total` of `model` with `reason`.
 fn unload_count(node: &Node, model: &str, reason: &str) -> f64 {
-    let text = node
-        .client()
-        .get(node.url("/metrics"))
-        .send()
-        .expect("metrics request")
-        .text()
-        .expect("metrics text");
-    text.lines()
-        .filter(|line| line.starts_with("kiln_model_unloads_total{"))
-        .filter(|line| line.contains(&format!("model=\"{model}\"")))
-        .filter(|line| line.contains(&format!("reason=\"{reason}\"")))
-        .filter_map(|line| line.rsplit(' ').next())
-        .map(|value| value.parse::<f64>().expect("counter value is a number"))
-        .sum()
+    node.metric(
+        "kiln_model_unloads_total",
+        &[("model", model), ("reason", reason)],
+    )
+    .unwrap_or(0.0)
 }
 
 fn generate(node: &Node) -> reqwest::blocking::Response {

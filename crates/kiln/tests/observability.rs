@@ -4,74 +4,14 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Node, CHAT_MODEL};
+use common::{metric_value, parse_samples, Node, CHAT_MODEL};
 use serde_json::{json, Value};
 
 const EMBEDDING_MODEL: &str = "all-minilm-l6-v2";
-
-/// One sample of the exposition: metric name, labels and value.
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-/// Parses the Prometheus text format of `GET /metrics`, skipping comments.
-fn parse_samples(text: &str) -> Vec<Sample> {
-    text.lines()
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
-        .map(|line| {
-            let (series, value) = line.rsplit_once(' ').expect("a sample has a value");
-            let (name, labels) = match series.split_once('{') {
-                Some((name, labels)) => (name, labels.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            let labels = labels
-                .split("\",")
-                .filter(|pair| !pair.is_empty())
-                .map(|pair| {
-                    let (key, value) = pair.split_once("=\"").expect("label=\"value\"");
-                    (key.to_owned(), value.trim_end_matches('"').to_owned())
-                })
-                .collect();
-            Sample {
-                name: name.to_owned(),
-                labels,
-                value: value.parse().expect("a numeric value"),
-            }
-        })
-        .collect()
-}
-
-/// Returns the value of the sample `name` whose labels include `labels`, or 0 when none is
-/// there yet.
-fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
-    samples
-        .iter()
-        .filter(|sample| sample.name == name)
-        .filter(|sample| {
-            labels
-                .iter()
-                .all(|(key, value)| sample.labels.get(*key).map(String::as_str) == Some(*value))
-        })
-        .map(|sample| sample.value)
-        .sum()
-}
-
-fn scrape(node: &Node) -> String {
-    let response = node
-        .client()
-        .get(node.url("/metrics"))
-        .send()
-        .expect("metrics");
-    assert_eq!(response.status(), 200);
-    response.text().expect("metrics text")
-}
 
 /// Runs `promtool check metrics` on `text` and returns its exit status and output.
 fn promtool_check(text: &str) -> (bool, String) {
@@ -123,7 +63,7 @@ fn metrics_pass_promtool_and_count_requests() {
     let invalid = run(&node, EMBEDDING_MODEL, &json!({"text": 5}));
     assert_eq!(invalid.status(), 400);
 
-    let text = scrape(&node);
+    let text = node.metrics();
     let (passed, report) = promtool_check(&text);
     assert!(passed, "promtool check metrics failed:\n{report}\n{text}");
     assert!(report.trim().is_empty(), "promtool lint:\n{report}");
@@ -131,32 +71,38 @@ fn metrics_pass_promtool_and_count_requests() {
     let samples = parse_samples(&text);
     let route = [("route", "/ai/run/{*model}")];
     let ok_route = [route[0], ("status", "200")];
-    assert_eq!(value(&samples, "kiln_http_requests_total", &ok_route), 3.0);
-    let bad_route = [route[0], ("status", "400")];
-    assert_eq!(value(&samples, "kiln_http_requests_total", &bad_route), 1.0);
     assert_eq!(
-        value(&samples, "kiln_http_request_duration_seconds_count", &route),
+        metric_value(&samples, "kiln_http_requests_total", &ok_route),
+        3.0
+    );
+    let bad_route = [route[0], ("status", "400")];
+    assert_eq!(
+        metric_value(&samples, "kiln_http_requests_total", &bad_route),
+        1.0
+    );
+    assert_eq!(
+        metric_value(&samples, "kiln_http_request_duration_seconds_count", &route),
         4.0
     );
 
     let chat_labels = [("model", CHAT_MODEL)];
     let chat_ok = [chat_labels[0], ("outcome", "ok")];
     assert_eq!(
-        value(&samples, "kiln_inference_requests_total", &chat_ok),
+        metric_value(&samples, "kiln_inference_requests_total", &chat_ok),
         1.0
     );
     assert_eq!(
-        value(&samples, "kiln_input_tokens_total", &chat_labels),
+        metric_value(&samples, "kiln_input_tokens_total", &chat_labels),
         usage["prompt_tokens"].as_f64().expect("prompt tokens")
     );
     assert_eq!(
-        value(&samples, "kiln_output_tokens_total", &chat_labels),
+        metric_value(&samples, "kiln_output_tokens_total", &chat_labels),
         usage["completion_tokens"]
             .as_f64()
             .expect("completion tokens")
     );
     assert_eq!(
-        value(
+        metric_value(
             &samples,
             "kiln_time_to_first_token_seconds_count",
             &chat_labels
@@ -176,23 +122,26 @@ fn metrics_pass_promtool_and_count_requests() {
         .sum();
     assert!(file_bytes > 0.0);
     assert_eq!(
-        value(&samples, "kiln_model_memory_bytes", &chat_labels),
+        metric_value(&samples, "kiln_model_memory_bytes", &chat_labels),
         file_bytes
     );
 
     let embedding = [("model", EMBEDDING_MODEL)];
     let embedding_ok = [embedding[0], ("outcome", "ok")];
     assert_eq!(
-        value(&samples, "kiln_inference_requests_total", &embedding_ok),
+        metric_value(&samples, "kiln_inference_requests_total", &embedding_ok),
         2.0
     );
-    assert_eq!(value(&samples, "kiln_batch_items_total", &embedding), 4.0);
     assert_eq!(
-        value(&samples, "kiln_batch_size_count", &embedding),
-        value(&samples, "kiln_batch_forward_passes_total", &embedding)
+        metric_value(&samples, "kiln_batch_items_total", &embedding),
+        4.0
     );
     assert_eq!(
-        value(&samples, "kiln_inference_queue_depth", &embedding),
+        metric_value(&samples, "kiln_batch_size_count", &embedding),
+        metric_value(&samples, "kiln_batch_forward_passes_total", &embedding)
+    );
+    assert_eq!(
+        metric_value(&samples, "kiln_inference_queue_depth", &embedding),
         0.0
     );
 }

@@ -383,18 +383,8 @@ fn json_mode_returns_object() {
 /// Reads `kiln_prompt_cached_tokens_total` of the chat model from `GET /metrics`, or 0 before
 /// the first generation records it.
 fn cached_prompt_tokens(node: &Node) -> u64 {
-    let text = node
-        .client()
-        .get(node.url("/metrics"))
-        .send()
-        .expect("metrics")
-        .text()
-        .expect("metrics text");
-    let prefix = format!("kiln_prompt_cached_tokens_total{{model=\"{CHAT_MODEL}\"}} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .map(|value| value.trim().parse().expect("numeric counter"))
-        .unwrap_or(0)
+    node.metric("kiln_prompt_cached_tokens_total", &[("model", CHAT_MODEL)])
+        .unwrap_or(0.0) as u64
 }
 
 #[test]

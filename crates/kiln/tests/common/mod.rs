@@ -3,6 +3,7 @@
 // Each test binary includes this module and uses only part of it.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -191,6 +192,82 @@ impl Node {
             .build()
             .expect("HTTP client")
     }
+
+    /// Returns the text of `GET /metrics`, which must return status 200.
+    pub fn metrics(&self) -> String {
+        let response = self
+            .client()
+            .get(self.url("/metrics"))
+            .send()
+            .expect("metrics request");
+        assert_eq!(response.status(), 200);
+        response.text().expect("metrics text")
+    }
+
+    /// Returns the sum of the samples of metric `name` whose labels include `labels`, or
+    /// `None` when the node reports no such sample.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let samples = parse_samples(&self.metrics());
+        let values: Vec<f64> = matching_samples(&samples, name, labels)
+            .map(|sample| sample.value)
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
+    }
+}
+
+/// One sample of the Prometheus text format: metric name, labels and value.
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Parses the Prometheus text format of `GET /metrics`, skipping comments.
+pub fn parse_samples(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').expect("a sample has a value");
+            let (name, labels) = match series.split_once('{') {
+                Some((name, labels)) => (name, labels.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split("\",")
+                .filter(|pair| !pair.is_empty())
+                .map(|pair| {
+                    let (key, value) = pair.split_once("=\"").expect("label=\"value\"");
+                    (key.to_owned(), value.trim_end_matches('"').to_owned())
+                })
+                .collect();
+            Sample {
+                name: name.to_owned(),
+                labels,
+                value: value.parse().expect("a numeric value"),
+            }
+        })
+        .collect()
+}
+
+/// Returns the sum of the samples of metric `name` whose labels include `labels`, or 0 when
+/// there is none yet.
+pub fn metric_value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    matching_samples(samples, name, labels)
+        .map(|sample| sample.value)
+        .sum()
+}
+
+fn matching_samples<'a>(
+    samples: &'a [Sample],
+    name: &'a str,
+    labels: &'a [(&str, &str)],
+) -> impl Iterator<Item = &'a Sample> {
+    samples.iter().filter(move |sample| {
+        sample.name == name
+            && labels
+                .iter()
+                .all(|(key, value)| sample.labels.get(*key).map(String::as_str) == Some(*value))
+    })
 }
 
 impl Node {
