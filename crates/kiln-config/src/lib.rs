@@ -252,8 +252,7 @@ pub struct LlamaSettings {
     pub batch_tokens: u32,
     /// Requests that may wait for a free sequence; more get 429.
     pub queue_capacity: usize,
-    /// llama.cpp's flash attention: faster decoding. Off, the same seed gives the same text
-    /// alone or beside other requests at any length, not only up to 256 cached positions.
+    /// llama.cpp's flash attention, for faster decoding. Off, llama.cpp's plain attention runs.
     pub flash_attention: bool,
 }
 

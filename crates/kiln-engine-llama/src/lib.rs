@@ -39,9 +39,7 @@ pub struct EngineOptions {
     /// Requests that may wait for a free sequence before [`LlamaModelHandle::submit`] returns
     /// [`EngineError::QueueFull`].
     pub queue_capacity: usize,
-    /// Use llama.cpp's flash attention where the model supports it: faster decoding, but a
-    /// sequence past 256 cached positions may round differently alone than beside others (see
-    /// the scheduler's module docs).
+    /// Use llama.cpp's flash attention where the model supports it, for faster decoding.
     pub flash_attention: bool,
 }
 

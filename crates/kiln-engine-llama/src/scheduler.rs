@@ -13,20 +13,17 @@
 //!
 //! Neither batching nor reuse may change the text that a seed gives. The CPU kernels of the
 //! vendored llama.cpp (llama-cpp-sys-2 0.1.161) round differently by how many tokens of a
-//! sequence one ubatch contains (see [`Kernel`]), so the scheduler keeps that count the same as
-//! in a prompt prefilled alone:
+//! sequence one ubatch contains (see [`Kernel`]), and flash attention also by whether other
+//! sequences are in it. So the scheduler keeps both the same as for a prompt decoded alone:
 //! - a prompt is prefilled in chunks of `batch_tokens` from its start (or from a reused prefix
 //!   that ends on such a boundary), each chunk in a batch of chunks of the same length, so
 //!   llama.cpp never splits a chunk across ubatches;
 //! - a reused prefix counts only tokens decoded with the kernel that a full prefill of the new
 //!   prompt would use, and it stops early enough that the rest is decoded with the same kernel
-//!   as the last chunk of a full prefill ([`reusable_prefix`]).
-//!
-//! NOTE: with flash attention on, this holds only while a sequence has at most 256 positions in
-//! its cache. Past that, llama.cpp's CPU attention depends on the other sequences in the
-//! ubatch: a lone decoding sequence takes a split-KV kernel instead of the per-row one, and
-//! a test with a 300-token prompt still differed under load after that was avoided, for a
-//! reason not found. `llama.flash_attention = false` keeps the text exact at any length.
+//!   as the last chunk of a full prefill ([`reusable_prefix`]);
+//! - a sequence that would be alone in its ubatch past position 256 gets a throwaway companion
+//!   token in a neighbouring slot ([`add_companions`]), so flash attention takes the per-row
+//!   kernel, as it does beside other sequences, instead of its split-KV kernel.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
@@ -169,8 +166,8 @@ impl Slots {
 
     /// Takes the free slot that shares the longest reusable prefix with `prompt` (see
     /// [`reusable_prefix`]) and truncates its KV cache after that prefix. Returns the slot and
-    /// the prompt tokens left in its cache. An empty `prompt` takes the lowest free slot and
-    /// clears its cache.
+    /// the prompt tokens left in its cache. An empty `prompt` reuses nothing and takes the free
+    /// slot with the fewest cached tokens (see [`choose_slot`]).
     fn claim(
         &mut self,
         context: &mut LlamaContext<'_>,
@@ -511,13 +508,90 @@ fn step(
             fail_all(context, slots, EngineError::Decode(err));
             return;
         }
-        if let Err(err) = context.decode(batch) {
+        let companions = if options.flash_attention {
+            add_companions(context, batch, slots, &work, options.context_tokens)
+        } else {
+            Vec::new()
+        };
+        let decoded = context.decode(batch);
+        for (slot, position) in companions {
+            let removed =
+                context.clear_kv_cache_seq(Some(slot as u32), Some(position as u32), None);
+            if !matches!(removed, Ok(true)) {
+                tracing::error!(slot, position, "failed to remove a companion token");
+                slots.discard(context, slot);
+            }
+        }
+        if let Err(err) = decoded {
             tracing::error!(error = %err, "llama.cpp decode failed; failing the batch's requests");
             fail_all(context, slots, EngineError::Decode(err.to_string()));
             return;
         }
         sample(context, slots, model, options);
     }
+}
+
+/// Position from which one token alone in a ubatch goes through the split-KV variant of
+/// llama.cpp's CPU flash attention. That variant runs for one query row with at least 512 KV
+/// cells, and llama.cpp pads the cells it attends over to a multiple of 256 of the used ones.
+const SPLIT_KV_FROM_POSITION: i32 = 256;
+
+/// Adds a throwaway token of a neighbouring slot next to each sequence that would be the only
+/// one in its ubatch while decoding one token at [`SPLIT_KV_FROM_POSITION`] or later. llama.cpp
+/// puts only consecutive sequence ids into one ubatch, so a sequence is alone there when neither
+/// neighbouring id is in the batch. With two KV streams in the ubatch, llama.cpp takes the
+/// per-row attention kernel, as it does beside other sequences, so the sequence rounds the same
+/// alone and under load. Returns the slots and positions of the added tokens, which the caller
+/// removes after decoding.
+///
+/// The neighbour may be free or prefilling: its token goes after its cached positions, and is
+/// gone before its next prompt chunk is decoded.
+fn add_companions(
+    context: &mut LlamaContext<'_>,
+    batch: &mut LlamaBatch,
+    slots: &mut Slots,
+    work: &[Work],
+    context_tokens: u32,
+) -> Vec<(i32, i32)> {
+    let mut in_batch = vec![false; slots.sequences.len()];
+    for &(index, tokens) in work {
+        if tokens != 1 {
+            return Vec::new();
+        }
+        in_batch[index] = true;
+    }
+    let mut companions = Vec::new();
+    for &(index, _) in work {
+        let Some(sequence) = slots.sequences[index].as_ref() else {
+            continue;
+        };
+        let alone = !(index > 0 && in_batch[index - 1]) && in_batch.get(index + 1) != Some(&true);
+        // fill_batch has moved `position` past the token just added.
+        if !alone || sequence.position - 1 < SPLIT_KV_FROM_POSITION {
+            continue;
+        }
+        let token = sequence.prompt[0];
+        let neighbour = if index + 1 < in_batch.len() {
+            index + 1
+        } else if index > 0 {
+            index - 1
+        } else {
+            // The only slot: the sequence is alone under load too.
+            continue;
+        };
+        let slot = neighbour as i32;
+        let mut position = context.kv_cache_seq_pos_max(slot) + 1;
+        // Only a free slot can be full: a running sequence always has room for its next token.
+        if position as u32 >= context_tokens {
+            slots.discard(context, slot);
+            position = 0;
+        }
+        if batch.add(token, position, &[slot], false).is_ok() {
+            in_batch[neighbour] = true;
+            companions.push((slot, position));
+        }
+    }
+    companions
 }
 
 /// Samples the next token of every sequence whose logits the last batch computed.

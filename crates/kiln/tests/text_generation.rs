@@ -469,8 +469,9 @@ fn run_concurrently(node: &Node, inputs: &[Value]) -> Vec<String> {
 #[test]
 fn concurrent_chats_match_their_text_alone() {
     // Chunks of 64 tokens: the long prompts are prefilled in several chunks, with the tiled
-    // attention kernel and without it, while the other sequences decode.
-    let config = "[llama]\nparallel_sequences = 8\nbatch_tokens = 64\n";
+    // attention kernel and without it, while the other sequences decode. The context window
+    // leaves room for request 0's prompt of about 300 tokens.
+    let config = "[llama]\nparallel_sequences = 8\nbatch_tokens = 64\ncontext_tokens = 512\n";
     let long_context = "The harbour town keeps a ledger of every ship that docks there: its name, \
                         its cargo, the weather on the day it arrived and the number of sailors \
                         aboard. Last spring a schooner brought salt and cedar, a trawler brought \
@@ -479,10 +480,12 @@ fn concurrent_chats_match_their_text_alone() {
         .map(|index| {
             let question =
                 format!("Question {index}: describe a day in this town in two sentences.");
-            let content = if index % 3 == 0 {
-                format!("{long_context}{question}")
-            } else {
-                question
+            // Request 0 runs past position 256, where a sequence alone in its ubatch would take
+            // another flash attention kernel than beside others.
+            let content = match index {
+                0 => format!("{}{question}", long_context.repeat(4)),
+                3 | 6 => format!("{long_context}{question}"),
+                _ => question,
             };
             json!({
                 "messages": [{"role": "user", "content": content}],
