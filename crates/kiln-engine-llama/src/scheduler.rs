@@ -15,8 +15,8 @@
 //! vendored llama.cpp (llama-cpp-sys-2 0.1.161) round differently by how many tokens of a
 //! sequence one ubatch contains (see [`Kernel`]), and flash attention also by whether other
 //! sequences are in it. So the scheduler keeps both the same as for a prompt decoded alone:
-//! - a prompt is prefilled in chunks of `batch_tokens` from its start (or from a reused prefix
-//!   that ends on such a boundary), each chunk in a batch of chunks of the same length, so
+//! - a prompt is prefilled in chunks of `batch_tokens` from its start, or from a reused prefix
+//!   that ends on such a boundary. Each chunk goes into a batch of chunks of the same length, so
 //!   llama.cpp never splits a chunk across ubatches;
 //! - a reused prefix counts only tokens decoded with the kernel that a full prefill of the new
 //!   prompt would use, and it stops early enough that the rest is decoded with the same kernel
