@@ -117,8 +117,8 @@ def main():
     def worker(thread_index):
         for round_index in range(args.requests):
             number = thread_index + round_index * args.streams
-            # The number keeps every request's prompt distinct, so no server can answer from a
-            # cached copy of a whole earlier prompt. Only the system prompt is shared.
+            # The number keeps every request's prompt distinct, so no server finds a whole
+            # earlier prompt in a cache. Only the system prompt is shared.
             question = f"Question {number}: {QUESTIONS[number % len(QUESTIONS)]}"
             try:
                 result = run_request(args.url, args.model, question, args.max_tokens, args.seed)

@@ -39,7 +39,7 @@ pub struct EngineOptions {
     /// Requests that may wait for a free sequence before [`LlamaModelHandle::submit`] returns
     /// [`EngineError::QueueFull`].
     pub queue_capacity: usize,
-    /// Use llama.cpp's flash attention where the model supports it, for faster decoding.
+    /// Flash attention in llama.cpp where the model supports it, for faster decoding.
     pub flash_attention: bool,
 }
 

@@ -19,8 +19,8 @@
 //!   that ends on such a boundary. Each chunk goes into a batch of chunks of the same length, so
 //!   llama.cpp never splits a chunk across ubatches;
 //! - a reused prefix counts only tokens decoded with the kernel that a full prefill of the new
-//!   prompt would use, and it stops early enough that the rest is decoded with the same kernel
-//!   as the last chunk of a full prefill ([`reusable_prefix`]);
+//!   prompt would use. It stops early enough that the rest is decoded with the kernel of a full
+//!   prefill's last chunk ([`reusable_prefix`]);
 //! - a sequence that would be alone in its ubatch past position 256 gets a throwaway companion
 //!   token in a neighbouring slot ([`add_companions`]), so flash attention takes the per-row
 //!   kernel, as it does beside other sequences, instead of its split-KV kernel.
@@ -518,8 +518,17 @@ fn step(
             let removed =
                 context.clear_kv_cache_seq(Some(slot as u32), Some(position as u32), None);
             if !matches!(removed, Ok(true)) {
-                tracing::error!(slot, position, "failed to remove a companion token");
-                slots.discard(context, slot);
+                tracing::error!(
+                    slot,
+                    position,
+                    ?removed,
+                    "failed to remove a companion token"
+                );
+                // A free slot can drop its cache. A prefilling sequence keeps it, and its next
+                // chunk then fails to decode, which fails the running requests.
+                if slots.sequences[slot as usize].is_none() {
+                    slots.discard(context, slot);
+                }
             }
         }
         if let Err(err) = decoded {
@@ -565,9 +574,10 @@ fn add_companions(
         let Some(sequence) = slots.sequences[index].as_ref() else {
             continue;
         };
-        let alone = !(index > 0 && in_batch[index - 1]) && in_batch.get(index + 1) != Some(&true);
+        let left_in_batch = index > 0 && in_batch[index - 1];
+        let right_in_batch = in_batch.get(index + 1).copied().unwrap_or(false);
         // fill_batch has moved `position` past the token just added.
-        if !alone || sequence.position - 1 < SPLIT_KV_FROM_POSITION {
+        if left_in_batch || right_in_batch || sequence.position - 1 < SPLIT_KV_FROM_POSITION {
             continue;
         }
         let token = sequence.prompt[0];
@@ -622,7 +632,7 @@ fn sample(
 type Work = (usize, usize);
 
 /// Splits a step into batches of (sequence index, tokens). The first contains the next token of
-/// every decoding sequence and any prompt chunk of one token; then comes one batch per prompt
+/// every decoding sequence and any prompt chunk of one token. Then comes one batch per prompt
 /// chunk length. A chunk is `batch_tokens` tokens, or what is left of its prompt. The first
 /// pending prompt always gets a chunk, the others while the step's prompt tokens stay within
 /// `batch_tokens`.
